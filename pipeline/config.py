@@ -1,0 +1,114 @@
+"""Load and validate ``params.yaml``; resolve per-job settings; hash configs.
+
+Validation happens before any job starts (the Snakefile calls :func:`load_params`
+at parse time, and every stage's ``main`` calls it again, which is what guards
+``dvc repro``). Errors are one line that names the offending key, e.g.::
+
+    params.yaml: methods.ft_adamw.lr: -0.1 must be > 0
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SCHEMA_PATH = Path(__file__).parent / "schemas" / "params.schema.yaml"
+DEFAULT_PARAMS = "params.yaml"
+
+
+class ParamsError(ValueError):
+    """A params.yaml problem; ``str(err)`` is a single line naming the key."""
+
+
+def _dotted(path) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "<top level>"
+
+
+def _describe(err) -> str:
+    """Turn a jsonschema error into `key: message` with the key spelled out."""
+    key = _dotted(err.absolute_path)
+    v, kind = err.validator, err.validator_value
+    if v == "additionalProperties":
+        allowed = sorted(err.schema.get("properties", {}))
+        extra = sorted(set(err.instance) - set(allowed))
+        where = f"{key}." if err.absolute_path else ""
+        hint = f" (allowed: {', '.join(allowed)})" if allowed else ""
+        return f"{where}{extra[0]}: unknown key{hint}"
+    if v == "required":
+        missing = [k for k in kind if k not in err.instance]
+        return f"{key + '.' if err.absolute_path else ''}{missing[0]}: required key is missing"
+    if v == "enum":
+        return f"{key}: {err.instance!r} is not one of {', '.join(map(str, kind))}"
+    if v == "exclusiveMinimum":
+        return f"{key}: {err.instance!r} must be > {kind}"
+    if v == "minimum":
+        return f"{key}: {err.instance!r} must be >= {kind}"
+    if v in ("maximum", "exclusiveMaximum"):
+        return f"{key}: {err.instance!r} must be {'<=' if v == 'maximum' else '<'} {kind}"
+    if v == "type":
+        return f"{key}: {err.instance!r} is not of type {kind}"
+    if v == "propertyNames":
+        return f"{key}: invalid name {err.instance!r}"
+    return f"{key}: {err.message}"
+
+
+def _schema() -> dict:
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def validate(cfg: Any, source: str = DEFAULT_PARAMS) -> dict:
+    """Validate a parsed params mapping; raise :class:`ParamsError` on the first problem."""
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(_schema())
+    errors = sorted(validator.iter_errors(cfg), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+    if errors:
+        # The shallowest error is the most useful: an unknown top-level key beats its consequences.
+        raise ParamsError(f"{source}: {_describe(errors[0])}")
+    exp = cfg["experiment"]
+    for section, listed in (("datasets", exp["datasets"]), ("models", exp["models"]), ("methods", exp["methods"])):
+        for i, name in enumerate(listed):
+            if name not in cfg[section]:
+                raise ParamsError(f"{source}: experiment.{section}[{i}]: unknown {section[:-1]} {name!r} "
+                                  f"(defined under {section}: {', '.join(sorted(cfg[section]))})")
+    lp = cfg["linear_probe"]
+    if lp["C_min"] > lp["C_max"]:
+        raise ParamsError(f"{source}: linear_probe.C_min: {lp['C_min']} is larger than C_max {lp['C_max']}")
+    for name, m in cfg["methods"].items():
+        if m["optimizer"] == "adamw" and "momentum" in m:
+            raise ParamsError(f"{source}: methods.{name}.momentum: not used by optimizer adamw (use betas)")
+    return cfg
+
+
+def load_params(path: str | Path = DEFAULT_PARAMS) -> dict:
+    """Read and validate params.yaml."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: file not found (run from the repository root or pass --params)")
+    try:
+        cfg = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ParamsError(f"{path}:{where} not valid YAML: {getattr(e, 'problem', e)}") from None
+    return validate(cfg, str(path))
+
+
+def lookup(cfg: dict, dotted: str) -> Any:
+    """Value at a dotted key such as ``methods.ft_adamw``."""
+    node = cfg
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def config_hash(values: Any) -> str:
+    """Short stable hash of JSON-able values (sorted keys), recorded in every result row."""
+    blob = json.dumps(values, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]

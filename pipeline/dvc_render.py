@@ -1,0 +1,79 @@
+"""Render ``dvc.yaml`` from the stage registry (``python -m pipeline export-dvc``).
+
+Each Snakemake job becomes one DVC stage named ``<stage>--<wildcard values>`` with
+the same command, the same inputs (source files included) as deps, the same
+outputs, and the params.yaml keys it reads as params deps. The file is committed;
+``tests/test_dag_sync.py`` checks it equals a fresh render.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import yaml
+
+from pipeline.config import load_params
+from pipeline.stages import STAGES, flatten, job_inputs
+
+HEADER = """\
+# GENERATED from pipeline/stages.py and params.yaml; do not edit by hand.
+# Re-render after changing the experiment grid:  python -m pipeline export-dvc
+# Value edits in params.yaml (a learning rate, say) need no re-render.
+"""
+# DVC deletes a stage's outputs before running its command, so params.yaml is
+# validated by a stage of its own, upstream of every other one: a malformed file
+# stops `dvc repro` before any job starts. Its marker's content is constant, so a
+# valid edit re-runs only the stages whose own keys changed. (Snakemake validates
+# while parsing the Snakefile, so this stage exists in dvc.yaml only.)
+CHECK_STAGE = "check_params"
+CHECK_MARKER = "results/params.ok"
+METRICS_OUTPUTS = {("report", "metrics")}
+PLOT_OUTPUTS = {("report", "figure_png")}
+
+
+def render(cfg: dict, params_file: str = "params.yaml") -> str:
+    stages: dict[str, dict] = {CHECK_STAGE: {
+        "cmd": f"python -m pipeline validate {params_file} --write {CHECK_MARKER}",
+        "deps": [params_file, "pipeline/schemas/params.schema.yaml", "pipeline/config.py"],
+        "outs": [{CHECK_MARKER: {"cache": False}}]}}
+    for st in STAGES:
+        for wc in st.jobs(cfg):
+            entry: dict = {"cmd": st.command(wc)}
+            deps = flatten(job_inputs(st, cfg, wc))
+            if not st.inputs(cfg, wc):  # a root of the DAG: runs after validation
+                deps.insert(0, CHECK_MARKER)
+            if deps:
+                entry["deps"] = deps
+            keys = st.param_keys(cfg, wc)
+            if keys:
+                entry["params"] = keys
+            outs, metrics, plots = [], [], []
+            for name, path in st.output_paths(wc).items():
+                if (st.name, name) in METRICS_OUTPUTS:
+                    metrics.append({path: {"cache": False}})
+                elif (st.name, name) in PLOT_OUTPUTS:
+                    plots.append({path: {"cache": False}})
+                else:
+                    outs.append(path)
+            entry["outs"] = outs
+            if metrics:
+                entry["metrics"] = metrics
+            if plots:
+                entry["plots"] = plots
+            stages[st.job_id(wc)] = entry
+    return HEADER + yaml.safe_dump({"stages": stages}, sort_keys=False, width=120)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m pipeline export-dvc", description=__doc__.splitlines()[0])
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--output", default="dvc.yaml", help="'-' for stdout")
+    args = p.parse_args(argv)
+    text = render(load_params(args.params), args.params)
+    if args.output == "-":
+        sys.stdout.write(text)
+    else:
+        from pipeline.io import write_text
+
+        write_text(args.output, text)
+    return 0

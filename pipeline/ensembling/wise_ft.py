@@ -1,0 +1,62 @@
+"""Stage ``wise_ft``: evaluate WiSE-FT interpolations of one fine-tuned run over the alpha grid.
+
+Inputs: ``data/prepared/{dataset}``, ``data/weights/{model}.safetensors`` (theta_0),
+``.../seed{seed}/model.safetensors`` (theta_1), the LP head for LP-FT runs.
+Output: ``.../seed{seed}/wise_ft.csv``: tidy rows for every alpha (selection ``grid``),
+repeated for the alpha chosen on ID val (``id_val``) and, labelled as an oracle,
+the alpha chosen on OOD val (``ood_val_oracle``).
+Params: ``wise_ft.alphas``, ``evaluate.batch_size``, ``models.{model}``, ``methods.{method}.init``.
+"""
+from __future__ import annotations
+
+import logging
+
+import pandas as pd
+
+from pipeline.cli import parse_job
+from pipeline.data.shards import PreparedDataset
+from pipeline.ensembling.interpolate import interpolate, pretrained_endpoint
+from pipeline.evaluation.metrics import ALL_DOMAINS, tidy
+from pipeline.evaluation.predict import evaluate_model
+from pipeline.io import progress, write_csv
+from pipeline.models.backbone import head_names, load_state, model_from_config, normalization
+
+log = logging.getLogger(__name__)
+
+
+def select(curve: pd.DataFrame, split: str) -> float:
+    """Alpha with the best accuracy on ``split`` (whole split); ties go to the smaller alpha."""
+    acc = curve[(curve["split"] == split) & (curve["domain"] == ALL_DOMAINS) & (curve["metric"] == "acc")]
+    if acc.empty:
+        raise ValueError(f"no accuracy rows for split {split!r} to select alpha on")
+    return float(acc.sort_values(["value", "alpha"], ascending=[False, True]).iloc[0]["alpha"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    job = parse_job("wise_ft", argv)
+    cfg, wc = job.cfg, job.wildcards
+    data = PreparedDataset(job.inputs["data"])
+    model = model_from_config(cfg["models"][wc["model"]], data.num_classes, None).eval()
+    mean, std = normalization(model)
+    theta1 = load_state(job.inputs["model"])
+    lp_head = load_state(job.inputs["lp_head"]) if "lp_head" in job.inputs else None
+    theta0, keep = pretrained_endpoint(load_state(job.inputs["weights"]), theta1, head_names(model), lp_head)
+
+    batch = cfg.get("evaluate", {}).get("batch_size", 256)
+    frames = []
+    for alpha in progress(sorted(cfg["wise_ft"]["alphas"]), desc="wise-ft"):
+        model.load_state_dict(interpolate(theta0, theta1, alpha, keep), strict=True)
+        rows = evaluate_model(model, data, mean, std, batch)
+        frames.append(tidy(rows, dataset=wc["dataset"], model=wc["model"], method=wc["method"], seed=job.seed,
+                           alpha=alpha, selection="grid", config_hash=job.config_hash))
+    curve = pd.concat(frames, ignore_index=True)
+    val_split = data.info.get("val_split", "id_val")
+    ood_val = next((s for s in data.info.get("ood_splits", []) if s.endswith("val")), None)
+    chosen = [("id_val", select(curve, val_split))]
+    if ood_val:
+        chosen.append(("ood_val_oracle", select(curve, ood_val)))
+    for label, alpha in chosen:
+        frames.append(curve[curve["alpha"] == alpha].assign(selection=label))
+        log.info("alpha chosen on %s: %g", label, alpha)
+    write_csv(job.outputs["curve"], pd.concat(frames, ignore_index=True))
+    return 0

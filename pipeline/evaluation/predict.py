@@ -1,0 +1,36 @@
+"""Batched inference over prepared splits."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline.data.shards import PreparedDataset
+from pipeline.data.tensors import batches, to_float
+from pipeline.evaluation.metrics import accuracy_rows
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, images: np.ndarray, mean, std, batch_size: int = 256) -> torch.Tensor:
+    """Logits (or features, for a headless model) of uint8 NHWC images, model in eval mode."""
+    was_training = model.training
+    model.eval()
+    out = [model(to_float(images[sl], mean, std)) for sl in batches(len(images), batch_size)]
+    model.train(was_training)
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def eval_splits(data: PreparedDataset) -> list[str]:
+    """Splits a model is evaluated on: every split but the training one."""
+    return [s for s in data.split_names if s != data.info.get("train_split", "train")]
+
+
+def evaluate_model(model: nn.Module, data: PreparedDataset, mean, std, batch_size: int = 256,
+                   splits: list[str] | None = None) -> list[dict]:
+    """Accuracy rows (split x domain) of ``model`` on the evaluation splits."""
+    rows: list[dict] = []
+    for name in splits or eval_splits(data):
+        split = data.split(name)
+        pred = predict_logits(model, split.images, mean, std, batch_size).argmax(1).numpy()
+        rows += accuracy_rows(pred, split.labels, split.metadata["domain"].to_numpy(), name)
+    return rows

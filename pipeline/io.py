@@ -1,0 +1,101 @@
+"""Atomic file output, logging and small helpers shared by every stage.
+
+A stage never leaves a partially written file at an output path: it writes to a
+temporary sibling and renames it into place (``os.replace`` is atomic on POSIX).
+A job killed mid-write therefore leaves only ``.tmp-*`` debris, which neither
+Snakemake nor DVC takes for a finished output.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+log = logging.getLogger("pipeline")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, is_dir: bool = False) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it onto ``path`` on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if is_dir:
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{path.name}-", dir=path.parent))
+    else:
+        fd, name = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
+        os.close(fd)
+        tmp = Path(name)
+    # mkstemp/mkdtemp create private (0600/0700) entries; give them the usual umask mode.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, (0o777 if is_dir else 0o666) & ~umask)
+    try:
+        yield tmp
+        if is_dir:
+            # Snakemake dates a directory output by this file when present, else by the
+            # directory's own mtime, which DVC changes whenever it relinks the contents.
+            (tmp / ".snakemake_timestamp").touch()
+        if is_dir and path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def write_csv(path: str | os.PathLike, df) -> None:
+    """Write a DataFrame as CSV, atomically, without the index."""
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False, float_format="%.6g")
+
+
+def write_npy(path: str | os.PathLike, array: np.ndarray) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """Log to stderr, which each rule redirects to its log file."""
+    root = logging.getLogger()
+    if not any(getattr(h, "_pipeline", False) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+        handler._pipeline = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+    root.setLevel(level)
+
+
+def progress(iterable, **kwargs):
+    """tqdm that switches itself off when stderr is not a terminal (Slurm, rule logs)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, disable=None, dynamic_ncols=True, **kwargs)

@@ -1,0 +1,72 @@
+"""Stage ``features``: pooled penultimate features of every split, computed once.
+
+Inputs: ``data/prepared/{dataset}``, ``data/weights/{model}.safetensors``.
+Output: ``results/{dataset}/{model}/features.safetensors`` holding, per split,
+``<split>/features`` (float32 [N, D]), ``<split>/labels`` and ``<split>/domain``
+(int64 codes into the ``domains`` list stored in the file's metadata).
+Params: ``models.{model}``, ``features.batch_size``. The network runs in eval
+mode without augmentation, so LP and LP-FT see exactly these features.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import numpy as np
+import torch
+
+from pipeline.cli import parse_job
+from pipeline.data.shards import PreparedDataset
+from pipeline.evaluation.predict import predict_logits
+from pipeline.io import atomic_path, progress
+from pipeline.models.backbone import model_from_config, normalization
+
+log = logging.getLogger(__name__)
+
+
+def extract_features(model, data: PreparedDataset, batch_size: int) -> tuple[dict[str, torch.Tensor], dict]:
+    """Tensors and metadata of the features file."""
+    mean, std = normalization(model)
+    domains = sorted(data.metadata["domain"].astype(str).unique())
+    code = {d: i for i, d in enumerate(domains)}
+    tensors: dict[str, torch.Tensor] = {}
+    for name in progress(data.split_names, desc="features"):
+        split = data.split(name)
+        tensors[f"{name}/features"] = predict_logits(model, split.images, mean, std, batch_size).float().contiguous()
+        tensors[f"{name}/labels"] = torch.from_numpy(split.labels)
+        tensors[f"{name}/domain"] = torch.from_numpy(
+            np.array([code[d] for d in split.metadata["domain"].astype(str)], dtype=np.int64))
+    meta = {"splits": json.dumps(data.split_names), "domains": json.dumps(domains),
+            "num_classes": str(data.num_classes), "train_split": data.info.get("train_split", "train"),
+            "val_split": data.info.get("val_split", "id_val")}
+    return tensors, meta
+
+
+def load_features(path) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
+    """{split: {features, labels, domain}} and the file's metadata (domains decoded)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = dict(f.metadata())
+        flat = {k: f.get_tensor(k) for k in f.keys()}
+    meta["splits"], meta["domains"] = json.loads(meta["splits"]), json.loads(meta["domains"])
+    meta["num_classes"] = int(meta["num_classes"])
+    out = {s: {k.split("/", 1)[1]: v for k, v in flat.items() if k.startswith(f"{s}/")} for s in meta["splits"]}
+    return out, meta
+
+
+def main(argv: list[str] | None = None) -> int:
+    from safetensors.torch import save_file
+
+    job = parse_job("features", argv)
+    data = PreparedDataset(job.inputs["data"])
+    model = model_from_config(job.cfg["models"][job.wildcards["model"]], 0, job.inputs["weights"]).eval()
+    t0 = time.perf_counter()
+    tensors, meta = extract_features(model, data, job.cfg.get("features", {}).get("batch_size", 256))
+    n = sum(len(v) for k, v in tensors.items() if k.endswith("/labels"))
+    log.info("%d images in %.1fs (%.0f img/s), dim %d", n, time.perf_counter() - t0,
+             n / (time.perf_counter() - t0), tensors[f"{data.split_names[0]}/features"].shape[1])
+    with atomic_path(job.outputs["features"]) as tmp:
+        save_file(tensors, str(tmp), metadata={**meta, "config_hash": job.config_hash})
+    return 0

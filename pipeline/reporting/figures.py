@@ -1,0 +1,102 @@
+"""The ID-vs-OOD accuracy figure: methods as points, WiSE-FT curves as lines.
+
+Built on :class:`matplotlib.figure.Figure` without pyplot, so no GUI backend or
+global figure state is involved (PDF and PNG are drawn by the non-interactive
+pdf and Agg canvases). A fixed style is applied on top of matplotlib's defaults
+so that a user's matplotlibrc cannot change the paper's figure, and the files
+carry no dates, so re-running the report rewrites identical bytes.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import matplotlib
+import matplotlib.style
+import pandas as pd
+from matplotlib.figure import Figure
+
+from pipeline.io import atomic_path
+
+STYLE = {"font.size": 9, "axes.titlesize": 9, "axes.labelsize": 9, "legend.fontsize": 7, "xtick.labelsize": 8,
+         "ytick.labelsize": 8, "axes.grid": True, "grid.alpha": 0.3, "lines.linewidth": 1.2,
+         "pdf.fonttype": 42, "svg.hashsalt": "pipeline", "figure.dpi": 100}
+PNG_DPI = 150
+# Metadata a backend would otherwise stamp with the current date / time.
+PDF_METADATA = {"CreationDate": None, "ModDate": None}
+PNG_METADATA = {"Software": None}
+LP_COLOR = "black"
+
+# fontTools logs every font subset at INFO, which would bury the stage's own log lines.
+logging.getLogger("fontTools").setLevel(logging.WARNING)
+
+
+def _stat(summary: pd.DataFrame, row: str, quantity: str) -> tuple[float, float]:
+    hit = summary[(summary["row"] == row) & (summary["quantity"] == quantity)]
+    if hit.empty:
+        return math.nan, math.nan
+    std = float(hit["std"].iloc[0])
+    return 100 * float(hit["mean"].iloc[0]), 0.0 if math.isnan(std) else 100 * std
+
+
+def _draw_pair(ax, summary: pd.DataFrame, curves: pd.DataFrame, methods: list[str], colors: dict[str, str]) -> None:
+    """One dataset/model: WiSE-FT curves, then method points on top of them."""
+    for m in methods:
+        c = curves[curves["method"] == m].pivot_table(index="alpha", columns="quantity", values="mean")
+        if {"id_acc", "ood_acc"} <= set(c.columns):
+            c = c.sort_index()
+            x, y = 100 * c["id_acc"], 100 * c["ood_acc"]
+            ax.plot(x, y, "-", marker=".", ms=4, color=colors[m], alpha=0.7, zorder=2)
+            # Mark the pretrained end so the direction of the curve is readable.
+            ax.annotate(rf"$\alpha$={c.index[0]:g}", (x.iloc[0], y.iloc[0]), xytext=(-3, 3),
+                        textcoords="offset points", ha="right", fontsize=6, color=colors[m])
+    for r in summary.drop_duplicates("row").itertuples(index=False):
+        if r.kind not in ("lp", "ft", "wise_ft"):
+            continue  # the oracle is in the table; as a point it would suggest an attainable model
+        (x, xerr), (y, yerr) = _stat(summary, r.row, "id_acc"), _stat(summary, r.row, "ood_acc")
+        if math.isnan(x) or math.isnan(y):
+            continue
+        color = LP_COLOR if r.kind == "lp" else colors[r.method]
+        marker = {"lp": "s", "ft": "o", "wise_ft": "*"}[r.kind]
+        size = 10 if r.kind == "wise_ft" else 6
+        ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt=marker, ms=size, color=color, mec="white", mew=0.6,
+                    capsize=2, elinewidth=0.8, zorder=3, label=r.label)
+
+
+def id_vs_ood_figure(summary: pd.DataFrame, curves: pd.DataFrame, methods: list[str]) -> Figure:
+    """One panel per dataset/model: ID accuracy (x) vs OOD accuracy (y), in percent."""
+    pairs = list(summary[["dataset", "model"]].drop_duplicates().itertuples(index=False, name=None))
+    with matplotlib.style.context(["default", STYLE]):
+        fig = Figure(figsize=(3.6 * max(len(pairs), 1) + 1.9, 3.2), layout="constrained")
+        axes = fig.subplots(1, max(len(pairs), 1), squeeze=False)[0]
+        palette = matplotlib.color_sequences["tab10"]
+        colors = {m: palette[i % len(palette)] for i, m in enumerate(methods)}
+        for ax, (dataset, model) in zip(axes, pairs):
+            part = summary[(summary["dataset"] == dataset) & (summary["model"] == model)]
+            cpart = curves[(curves["dataset"] == dataset) & (curves["model"] == model)]
+            _draw_pair(ax, part, cpart, [m for m in methods if m in set(part["method"])], colors)
+            if not cpart.empty:
+                # A legend entry for the curves, drawn as a line without data.
+                ax.plot([], [], "-", marker=".", color="grey", label=r"WiSE-FT, $\alpha$ = 0$\to$1")
+            ax.margins(x=0.08)  # room for the alpha labels at the curves' ends
+            ax.set_title(f"{dataset} / {model}")
+            ax.set_xlabel("ID accuracy (%)")
+            ax.set_ylabel("OOD accuracy (%, mean over domains)")
+        # One legend for all panels, outside the axes so it never hides a point.
+        entries: dict = {}
+        for ax in axes:
+            for handle, label in zip(*ax.get_legend_handles_labels()):
+                entries.setdefault(label, handle)
+        fig.legend(list(entries.values()), list(entries), loc="outside right upper", frameon=False)
+    return fig
+
+
+def save_figure(fig: Figure, pdf: str | Path, png: str | Path) -> None:
+    """Write the figure as PDF (paper) and PNG (dvc plots), atomically and without dates."""
+    # Some settings (e.g. pdf.fonttype) are read at save time, not when drawing.
+    with matplotlib.style.context(["default", STYLE]):
+        with atomic_path(pdf) as tmp:
+            fig.savefig(tmp, format="pdf", metadata=PDF_METADATA)
+        with atomic_path(png) as tmp:
+            fig.savefig(tmp, format="png", dpi=PNG_DPI, metadata=PNG_METADATA)

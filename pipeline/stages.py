@@ -1,0 +1,256 @@
+"""The stage registry: the one place where each pipeline stage is defined.
+
+A :class:`Stage` names its command (``python -m pipeline <name> --<wildcard> ...``),
+the wildcards it fans out over, its input and output path templates, the
+``params.yaml`` keys it reads, the source files it depends on, and its resources.
+The Snakefile builds one rule per stage from this list and ``dvc.yaml`` is
+rendered from it (:mod:`pipeline.dvc_render`), so the two runners cannot drift.
+
+This module must stay cheap to import (the Snakefile imports it): no torch.
+"""
+from __future__ import annotations
+
+import ast
+import functools
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from pipeline.config import lookup
+
+# Wildcard -> the experiment list it ranges over, and the regex it must match
+# (which also keeps any value out of reach of shell injection).
+WILDCARDS = {"dataset": "datasets", "model": "models", "method": "methods", "seed": "seeds"}
+WILDCARD_PATTERNS = {"dataset": r"[A-Za-z][A-Za-z0-9_]*", "model": r"[A-Za-z][A-Za-z0-9_]*",
+                     "method": r"[A-Za-z][A-Za-z0-9_]*", "seed": r"\d+"}
+
+PREPARED = "data/prepared/{dataset}"
+WEIGHTS = "data/weights/{model}.safetensors"
+FEATURES = "results/{dataset}/{model}/features.safetensors"
+LP_DIR = "results/{dataset}/{model}/lp"
+RUN_DIR = "results/{dataset}/{model}/{method}/seed{seed}"
+REPORT_DIR = "results/report"
+
+Inputs = Callable[[dict, dict], dict]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One pipeline stage; every job of it is one combination of its wildcards."""
+
+    name: str
+    module: str
+    doc: str
+    wildcards: tuple[str, ...]
+    outputs: dict[str, str]
+    inputs: Inputs
+    params: tuple[str, ...] = ()
+    directories: frozenset[str] = frozenset()
+    threads: int = 1
+    gpu: int = 0
+    runtime: int = 10
+    mem_mb: int = 2000
+
+    def jobs(self, cfg: dict) -> list[dict[str, str]]:
+        """Wildcard values of every job, in a stable order."""
+        lists = [[str(v) for v in cfg["experiment"][WILDCARDS[w]]] for w in self.wildcards]
+        return [dict(zip(self.wildcards, combo)) for combo in itertools.product(*lists)]
+
+    def job_id(self, wc: dict) -> str:
+        """``finetune--digits--lite0--ft_adamw--seed0`` (a valid DVC stage name)."""
+        parts = [self.name] + [f"seed{wc[w]}" if w == "seed" else wc[w] for w in self.wildcards]
+        return "--".join(parts)
+
+    def output_paths(self, wc: dict) -> dict[str, str]:
+        return {k: v.format(**wc) for k, v in self.outputs.items()}
+
+    def param_keys(self, cfg: dict, wc: dict) -> list[str]:
+        """Dotted params.yaml keys this job reads (those present in the file)."""
+        keys = [k.format(**wc) for k in self.params]
+        return [k for k in keys if _has_key(cfg, k)]
+
+    def param_values(self, cfg: dict, wc: dict) -> dict:
+        return {k: lookup(cfg, k) for k in self.param_keys(cfg, wc)}
+
+    def code_files(self) -> list[str]:
+        """The stage's module and every pipeline module it imports (transitively).
+
+        Plumbing (CLI, config loading, I/O helpers, this registry) is left out so
+        that editing an error message does not invalidate every result.
+        """
+        return source_files(self.module)
+
+    def command(self, wc: dict | None = None) -> str:
+        """Shell command; with ``wc=None``, Snakemake ``{wildcards.x}`` placeholders."""
+        args = " ".join(f"--{w} {{wildcards.{w}}}" if wc is None else f"--{w} {wc[w]}" for w in self.wildcards)
+        return f"python -m pipeline {self.name} {args}".rstrip()
+
+    @property
+    def log(self) -> str:
+        return f"logs/{self.name}/" + ("/".join(f"{{{w}}}" for w in self.wildcards) or "all") + ".log"
+
+    @property
+    def benchmark(self) -> str:
+        return f"benchmarks/{self.name}/" + ("/".join(f"{{{w}}}" for w in self.wildcards) or "all") + ".tsv"
+
+
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+PLUMBING = frozenset({"pipeline", "pipeline.cli", "pipeline.config", "pipeline.io", "pipeline.stages",
+                      "pipeline.compat", "pipeline.dvc_render"})
+
+
+@functools.lru_cache(maxsize=None)
+def source_files(module: str) -> list[str]:
+    """Repo-relative paths of ``module`` and the non-plumbing pipeline modules it imports."""
+    seen: list[str] = []
+    todo = [module]
+    while todo:
+        mod = todo.pop(0)
+        if mod in seen:
+            continue
+        seen.append(mod)
+        path = _module_path(mod)
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            for name in names:
+                if name.startswith("pipeline.") and name not in PLUMBING and _module_path(name, must=False):
+                    todo.append(name)
+    return [str(_module_path(m).relative_to(PACKAGE_ROOT)) for m in seen]
+
+
+def _module_path(module: str, must: bool = True) -> Path | None:
+    base = PACKAGE_ROOT.joinpath(*module.split("."))
+    for cand in (base.with_suffix(".py"), base / "__init__.py"):
+        if cand.is_file() and cand.name != "__init__.py":
+            return cand
+    if must:
+        raise FileNotFoundError(f"no source file for module {module}")
+    return None
+
+
+def _has_key(cfg: dict, dotted: str) -> bool:
+    try:
+        lookup(cfg, dotted)
+        return True
+    except (KeyError, TypeError):
+        return False
+
+
+def all_runs(cfg: dict) -> list[dict[str, str]]:
+    return STAGES_BY_NAME["finetune"].jobs(cfg)
+
+
+# --- input functions: (cfg, wildcards) -> {name: path or [paths]} -----------------------------
+
+def _lp_head_if_needed(cfg: dict, wc: dict) -> dict:
+    if cfg["methods"][wc["method"]]["init"] == "lp":
+        return {"lp_head": f"{LP_DIR}/head.safetensors".format(**wc)}
+    return {}
+
+
+def _features_inputs(cfg, wc):
+    return {"data": PREPARED.format(**wc), "weights": WEIGHTS.format(**wc)}
+
+
+def _lp_inputs(cfg, wc):
+    return {"features": FEATURES.format(**wc)}
+
+
+def _finetune_inputs(cfg, wc):
+    return {"data": PREPARED.format(**wc), "weights": WEIGHTS.format(**wc), **_lp_head_if_needed(cfg, wc)}
+
+
+def _evaluate_inputs(cfg, wc):
+    return {"data": PREPARED.format(**wc), "model": f"{RUN_DIR}/model.safetensors".format(**wc)}
+
+
+def _wise_ft_inputs(cfg, wc):
+    return {**_finetune_inputs(cfg, wc), "model": f"{RUN_DIR}/model.safetensors".format(**wc)}
+
+
+def _report_inputs(cfg, wc):
+    pairs = STAGES_BY_NAME["features"].jobs(cfg)
+    runs = all_runs(cfg)
+    return {
+        "lp": [f"{LP_DIR}/metrics.csv".format(**p) for p in pairs],
+        "evaluate": [f"{RUN_DIR}/metrics.csv".format(**r) for r in runs],
+        "wise_ft": [f"{RUN_DIR}/wise_ft.csv".format(**r) for r in runs],
+        "runs": [f"{RUN_DIR}/run.json".format(**r) for r in runs],
+        "templates": ["paper/templates/results_table.tex.j2"],
+    }
+
+
+def _paper_inputs(cfg, wc):
+    return {"main": "paper/main.tex", "table": "paper/tables/results.tex",
+            "figure": "paper/figures/id_vs_ood.pdf"}
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("prepare_data", "pipeline.data.prepare",
+          "Build or decode a dataset once into uint8 shards + metadata.csv.",
+          ("dataset",), {"data": PREPARED}, lambda cfg, wc: {},
+          params=("datasets.{dataset}.source", "datasets.{dataset}.build"), directories=frozenset({"data"})),
+    Stage("backbone", "pipeline.models.weights",
+          "Convert the configured pretrained weights into one timm-layout safetensors file.",
+          ("model",), {"weights": WEIGHTS}, lambda cfg, wc: {},
+          params=("models.{model}.timm_name", "models.{model}.weights"), mem_mb=4000),
+    Stage("features", "pipeline.models.features",
+          "Pooled penultimate features of every split (eval mode), cached for LP and LP-FT.",
+          ("dataset", "model"), {"features": FEATURES}, _features_inputs,
+          params=("models.{model}", "features"),
+          threads=2, gpu=1, runtime=60, mem_mb=8000),
+    Stage("linear_probe", "pipeline.training.linear_probe",
+          "L2-regularised multinomial logistic regression, C swept (warm-started L-BFGS), chosen on ID val.",
+          ("dataset", "model"),
+          {"head": f"{LP_DIR}/head.safetensors", "sweep": f"{LP_DIR}/sweep.csv", "metrics": f"{LP_DIR}/metrics.csv"},
+          _lp_inputs, params=("linear_probe",), mem_mb=4000),
+    Stage("finetune", "pipeline.training.finetune",
+          "Fine-tune one method/seed: warmup + cosine, checkpoint chosen on ID val.",
+          ("dataset", "model", "method", "seed"),
+          {"model": f"{RUN_DIR}/model.safetensors", "history": f"{RUN_DIR}/history.csv", "run": f"{RUN_DIR}/run.json"},
+          _finetune_inputs, params=("finetune", "methods.{method}", "models.{model}", "datasets.{dataset}"),
+          threads=2, gpu=1, runtime=240, mem_mb=16000),
+    Stage("evaluate", "pipeline.evaluation.evaluate",
+          "Accuracy of the fine-tuned model on every split and domain.",
+          ("dataset", "model", "method", "seed"), {"metrics": f"{RUN_DIR}/metrics.csv"}, _evaluate_inputs,
+          params=("evaluate", "models.{model}"),
+          threads=2, gpu=1, runtime=30, mem_mb=8000),
+    Stage("wise_ft", "pipeline.ensembling.wise_ft",
+          "WiSE-FT: evaluate (1-a) pretrained + a fine-tuned over the alpha grid; a chosen on ID val.",
+          ("dataset", "model", "method", "seed"), {"curve": f"{RUN_DIR}/wise_ft.csv"}, _wise_ft_inputs,
+          params=("wise_ft", "evaluate", "models.{model}", "methods.{method}.init"),
+          threads=2, gpu=1, runtime=60, mem_mb=8000),
+    Stage("report", "pipeline.reporting.report",
+          "Tidy results.csv, the LaTeX table, the ID-vs-OOD figure and metrics.json for `dvc metrics`.",
+          (), {"results": f"{REPORT_DIR}/results.csv", "metrics": f"{REPORT_DIR}/metrics.json",
+               "table": "paper/tables/results.tex", "figure": "paper/figures/id_vs_ood.pdf",
+               "figure_png": "paper/figures/id_vs_ood.png"},
+          _report_inputs, params=("report",)),
+    Stage("paper", "pipeline.reporting.paper", "Compile paper/main.tex with latexmk.",
+          (), {"pdf": "paper/main.pdf"}, _paper_inputs, mem_mb=2000),
+)
+
+STAGES_BY_NAME = {s.name: s for s in STAGES}
+
+
+def stage(name: str) -> Stage:
+    if name not in STAGES_BY_NAME:
+        raise KeyError(f"unknown stage {name!r}; stages: {', '.join(STAGES_BY_NAME)}")
+    return STAGES_BY_NAME[name]
+
+
+def job_inputs(st: Stage, cfg: dict, wc: dict) -> dict[str, str | list[str]]:
+    """All inputs of one job: data inputs plus the stage's source files."""
+    return {**st.inputs(cfg, wc), "code": st.code_files()}
+
+
+def flatten(paths: dict[str, str | list[str]]) -> list[str]:
+    out: list[str] = []
+    for v in paths.values():
+        out.extend(v if isinstance(v, list) else [v])
+    return out

@@ -1,0 +1,76 @@
+"""Stage ``linear_probe``: L2 logistic regression on frozen features, C chosen on ID val.
+
+Input: ``results/{dataset}/{model}/features.safetensors`` (:mod:`pipeline.models.features`).
+Outputs in ``results/{dataset}/{model}/lp/``:
+
+* ``head.safetensors``: ``weight`` [K, D] and ``bias`` [K] (float32) of the
+  selected C, for *raw* features (the scalar normalisation is folded in), so
+  LP-FT and WiSE-FT load it straight into the classifier; metadata ``C``,
+  ``config_hash``.
+* ``sweep.csv``: per C (increasing) ``C, train_acc, id_val_acc, iterations,
+  seconds, selected``.
+* ``metrics.csv``: tidy accuracy rows (:mod:`pipeline.evaluation.metrics`) of
+  the selected head on every split except train, per domain, ``method=lp``.
+
+Params: ``linear_probe`` (``C_min``, ``C_max``, ``num_C``, ``max_iter``). The
+recipe is methods.md section 1.1; the solver is :mod:`pipeline.training.logistic`.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+
+from pipeline.cli import parse_job
+from pipeline.evaluation.metrics import accuracy_rows, tidy
+from pipeline.io import write_csv
+from pipeline.models.backbone import save_state
+from pipeline.models.features import load_features
+from pipeline.training.logistic import SweepResult, c_grid, sweep
+
+log = logging.getLogger(__name__)
+
+
+def sweep_table(result: SweepResult) -> pd.DataFrame:
+    """One row per C; ``selected`` marks the head that was saved."""
+    return pd.DataFrame({
+        "C": [r.C for r in result.rows],
+        "train_acc": [r.train_acc for r in result.rows],
+        "id_val_acc": [r.val_acc for r in result.rows],
+        "iterations": [r.iterations for r in result.rows],
+        "seconds": [r.seconds for r in result.rows],
+        "selected": [i == result.selected for i in range(len(result.rows))],
+    })
+
+
+def split_rows(result: SweepResult, splits: dict, meta: dict) -> list[dict]:
+    """Accuracy rows of the selected head on every split but train, domains by name."""
+    domains = np.asarray(meta["domains"], dtype=object)
+    rows: list[dict] = []
+    for name in meta["splits"]:
+        if name == meta["train_split"]:
+            continue
+        s = splits[name]
+        pred = (s["features"].float() @ result.weight.T + result.bias).argmax(1)
+        rows += accuracy_rows(pred.numpy(), s["labels"].numpy(), domains[s["domain"].numpy()], name)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    job = parse_job("linear_probe", argv)
+    wc, p = job.wildcards, job.params["linear_probe"]
+    splits, meta = load_features(job.inputs["features"])
+    train, val = splits[meta["train_split"]], splits[meta["val_split"]]
+    result = sweep(train["features"], train["labels"], val["features"], val["labels"], meta["num_classes"],
+                   c_grid(p["C_min"], p["C_max"], p["num_C"]), max_iter=int(p.get("max_iter", 100)))
+    row = result.rows[result.selected]
+    log.info("C=%.3g selected: train %.4f, %s %.4f; %d C values in %.2fs", row.C, row.train_acc,
+             meta["val_split"], row.val_acc, len(result.rows), sum(r.seconds for r in result.rows))
+
+    save_state({"weight": result.weight, "bias": result.bias}, job.outputs["head"],
+               metadata={"C": repr(row.C), "config_hash": job.config_hash})
+    write_csv(job.outputs["sweep"], sweep_table(result))
+    write_csv(job.outputs["metrics"], tidy(split_rows(result, splits, meta), dataset=wc["dataset"],
+                                           model=wc["model"], method="lp", seed=0, config_hash=job.config_hash))
+    return 0

@@ -1,0 +1,57 @@
+"""Parse the job graphs that Snakemake and DVC print, into comparable node/edge sets."""
+from __future__ import annotations
+
+import re
+
+from pipeline.stages import STAGES_BY_NAME
+
+_SNAKE_NODE = re.compile(r'^\s*(\d+)\[label = "([^"]*)"', re.M)
+_SNAKE_EDGE = re.compile(r"^\s*(\d+) -> (\d+)", re.M)
+_DVC_EDGE = re.compile(r'^\s*"?([^"\s]+)"?\s*->\s*"?([^"\s;]+)"?', re.M)
+_DVC_NODE = re.compile(r'^\s*"?([A-Za-z][^"\s;\[]*)"?\s*(\[|;|$)', re.M)
+
+
+def snakemake_dag(dot: str) -> tuple[set[str], set[tuple[str, str]]]:
+    """Nodes as registry job ids (``stage--wc...``), edges as (upstream, downstream).
+
+    A node's label lists only the wildcards its dependencies do not already carry
+    (Snakemake's ``new_wildcards``), so each job's full wildcards are recovered by
+    adding those of its ancestors that its rule has.
+    """
+    labels = {}
+    for num, label in _SNAKE_NODE.findall(dot):
+        rule, *wc_lines = label.split("\\n")
+        labels[num] = (rule, dict(line.split(": ", 1) for line in wc_lines))
+    raw_edges = _SNAKE_EDGE.findall(dot)
+    deps: dict[str, list[str]] = {n: [] for n in labels}
+    for a, b in raw_edges:
+        deps[b].append(a)
+
+    full: dict[str, dict[str, str]] = {}
+
+    def resolve(num: str) -> dict[str, str]:
+        if num not in full:
+            wc = {}
+            for d in deps[num]:
+                wc.update(resolve(d))
+            wc.update(labels[num][1])
+            full[num] = wc
+        return full[num]
+
+    ids = {}
+    for num, (rule, _) in labels.items():
+        if rule == "all":
+            continue
+        st = STAGES_BY_NAME[rule]
+        wc = resolve(num)
+        ids[num] = st.job_id({w: wc[w] for w in st.wildcards})
+    edges = {(ids[a], ids[b]) for a, b in raw_edges if a in ids and b in ids}
+    return set(ids.values()), edges
+
+
+def dvc_dag(dot: str, skip: frozenset[str] = frozenset()) -> tuple[set[str], set[tuple[str, str]]]:
+    body = dot[dot.index("{") + 1:dot.rindex("}")]
+    edges = {(a, b) for a, b in _DVC_EDGE.findall(body)}
+    nodes = {n for n in _DVC_NODE.findall(body) for n in [n[0]] if n not in ("node", "edge", "graph", "strict")}
+    nodes |= {x for e in edges for x in e}
+    return nodes - skip, {e for e in edges if not (set(e) & skip)}

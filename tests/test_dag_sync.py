@@ -1,0 +1,61 @@
+"""Snakemake and DVC are two views of one stage registry: same jobs, same edges."""
+import os
+from pathlib import Path
+
+import pytest
+
+from conftest import PYTHON, REPO, run_cli
+from dag import dvc_dag, snakemake_dag
+from pipeline.config import load_params
+from pipeline.dvc_render import CHECK_MARKER, CHECK_STAGE, render
+from pipeline.stages import STAGES, source_files
+
+BIN = Path(PYTHON).parent
+
+
+def test_committed_dvc_yaml_is_fresh_render():
+    fresh = render(load_params(REPO / "params.yaml"))
+    assert (REPO / "dvc.yaml").read_text() == fresh, "dvc.yaml is stale: run `python -m pipeline export-dvc`"
+
+
+def test_every_stage_depends_on_its_own_code():
+    for st in STAGES:
+        files = st.code_files()
+        assert files[0] == st.module.replace(".", "/") + ".py"
+        assert all((REPO / f).is_file() for f in files)
+    assert "pipeline/training/loop.py" in source_files("pipeline.training.finetune")
+    assert "pipeline/cli.py" not in source_files("pipeline.training.finetune")
+
+
+@pytest.fixture(scope="module")
+def graphs():
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "DVC_PAGER": "cat"}
+    snake = run_cli(str(BIN / "snakemake"), "--forceall", "--dag", "--quiet", "all", cwd=REPO, env=env).stdout
+    dvc = run_cli(str(BIN / "dvc"), "dag", "--dot", cwd=REPO, env=env).stdout
+    return snakemake_dag(snake), dvc_dag(dvc, skip=frozenset({CHECK_STAGE})), dvc_dag(dvc)
+
+
+def test_same_jobs_and_edges(graphs):
+    (s_nodes, s_edges), (d_nodes, d_edges), _ = graphs
+    cfg = load_params(REPO / "params.yaml")
+    expected = {st.job_id(wc) for st in STAGES for wc in st.jobs(cfg)}
+    assert s_nodes == expected
+    assert d_nodes == expected
+    assert s_edges == d_edges
+    assert ("linear_probe--digits--lite0", "finetune--digits--lite0--lpft--seed0") in s_edges
+    assert not any(b.startswith("finetune") and "ft_adamw" in b and a.startswith("linear_probe") for a, b in s_edges)
+
+
+def test_dvc_validates_params_before_every_stage(graphs):
+    _, _, (nodes, edges) = graphs
+    roots = {b for a, b in edges if a == CHECK_STAGE}
+    assert roots and all(r.startswith(("prepare_data", "backbone")) for r in roots)
+    # every other stage is downstream of a root
+    downstream = set(roots)
+    changed = True
+    while changed:
+        new = {b for a, b in edges if a in downstream} - downstream
+        downstream |= new
+        changed = bool(new)
+    assert downstream == nodes - {CHECK_STAGE}
+    assert CHECK_MARKER in (REPO / "dvc.yaml").read_text()

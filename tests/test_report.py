@@ -1,0 +1,230 @@
+"""Stages ``report`` and ``paper`` on synthetic tidy metrics (3 methods x 3 seeds, LP, WiSE-FT)."""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from pipeline.evaluation.metrics import COLUMNS
+from pipeline.reporting import aggregate, paper, report
+from pipeline.reporting.tables import format_cell, latex_escape
+
+REPO = Path(__file__).resolve().parents[1]
+SEEDS = (0, 1, 2)
+# method: (ID test acc, mnist_m acc, sklearn_digits acc) at seed 0; ID +1 and mnist_m +2 points per seed.
+BASE = {"ft_adamw": (0.90, 0.50, 0.70), "ft_sgd": (0.80, 0.30, 0.50), "lpft": (0.94, 0.60, 0.80)}
+LP = (0.85, 0.40, 0.60)
+ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
+ID_VAL_ALPHA = {"ft_adamw": (0.5, 0.5, 0.75), "ft_sgd": (0.5, 0.5, 0.5), "lpft": (0.5, 0.5, 0.5)}
+ORACLE_ALPHA = 0.25
+ODD_LABEL = "50% & co_x"
+N_DOMAIN = {"mnist_m": 300, "sklearn_digits": 100}
+
+
+def split_rows(id_acc: float, mnist_m: float, sklearn: float) -> list[dict]:
+    """Rows of every split; val splits and the n-weighted OOD 'all' row are decoys the report must not use."""
+    all_ood = (N_DOMAIN["mnist_m"] * mnist_m + N_DOMAIN["sklearn_digits"] * sklearn) / 400
+    rows = [{"split": "id_val", "domain": "all", "value": 0.01, "n": 500},
+            {"split": "id_test", "domain": "all", "value": id_acc, "n": 500},
+            {"split": "ood_val", "domain": "all", "value": 0.02, "n": 400},
+            {"split": "ood_test", "domain": "all", "value": all_ood, "n": 400}]
+    for split in ("ood_val", "ood_test"):
+        for d, v in (("mnist_m", mnist_m), ("sklearn_digits", sklearn)):
+            rows.append({"split": split, "domain": d, "value": v if split == "ood_test" else 0.03, "n": N_DOMAIN[d]})
+    return rows
+
+
+def frame(rows: list[dict], **ids) -> pd.DataFrame:
+    df = pd.DataFrame([{"dataset": "digits", "model": "lite0", "seed": 0, "alpha": np.nan, "selection": "",
+                        "metric": "acc", "config_hash": "0123", **ids, **r} for r in rows])
+    return df[COLUMNS]
+
+
+def wise_values(method: str, alpha: float, seed: int) -> tuple[float, float, float]:
+    i, m, s = BASE[method]
+    return i - 0.1 * (1 - alpha) + 0.01 * seed, m + 0.2 * alpha * (1 - alpha) + 0.02 * seed, s
+
+
+def write_inputs(root: Path) -> None:
+    run_root = root / "results/digits/lite0"
+    (run_root / "lp").mkdir(parents=True)
+    frame(split_rows(*LP), method="lp").to_csv(run_root / "lp/metrics.csv", index=False)
+    for method, (i, m, s) in BASE.items():
+        for seed in SEEDS:
+            d = run_root / method / f"seed{seed}"
+            d.mkdir(parents=True)
+            frame(split_rows(i + 0.01 * seed, m + 0.02 * seed, s), method=method, seed=seed).to_csv(
+                d / "metrics.csv", index=False)
+            grid = {a: split_rows(*wise_values(method, a, seed)) for a in ALPHAS}
+            parts = [frame(rows, method=method, seed=seed, alpha=a, selection="grid") for a, rows in grid.items()]
+            chosen = ID_VAL_ALPHA[method][seed]
+            parts.append(frame(grid[chosen], method=method, seed=seed, alpha=chosen, selection="id_val"))
+            parts.append(frame(grid[ORACLE_ALPHA], method=method, seed=seed, alpha=ORACLE_ALPHA,
+                               selection="ood_val_oracle"))
+            pd.concat(parts).to_csv(d / "wise_ft.csv", index=False)
+            sgd = method == "ft_sgd"
+            settings = {"optimizer": "sgd" if sgd else "adamw", "lr": 0.01 if sgd else 3e-4}
+            run = {"dataset": "digits", "model": "lite0", "method": method, "seed": seed, "config_hash": "0123",
+                   "settings": settings, "effective_lr": 0.1 if sgd else None,
+                   "selected_epoch": 3, "train_seconds": 1.5}
+            (d / "run.json").write_text(json.dumps(run))
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["experiment"].update(datasets=["digits"], models=["lite0"], methods=list(BASE), seeds=list(SEEDS))
+    params["report"]["labels"]["ft_sgd"] = ODD_LABEL
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    shutil.copytree(REPO / "paper/templates", tmp_path / "paper/templates")
+    shutil.copy(REPO / "paper/main.tex", tmp_path / "paper/main.tex")
+    write_inputs(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture
+def reported(project: Path) -> Path:
+    assert report.main([]) == 0
+    return project
+
+
+def stat(summary: pd.DataFrame, row: str, quantity: str) -> tuple[float, float, int]:
+    hit = summary[(summary["row"] == row) & (summary["quantity"] == quantity)]
+    assert len(hit) == 1, (row, quantity)
+    return float(hit["mean"].iloc[0]), float(hit["std"].iloc[0]), int(hit["n"].iloc[0])
+
+
+def test_summary_matches_hand_computed(reported: Path) -> None:
+    results = aggregate.read_tidy(["results/report/results.csv"])
+    cfg = yaml.safe_load(Path("params.yaml").read_text())["report"]
+    summary = aggregate.summarise(results, cfg, list(BASE))
+    # ft_adamw ID: 90, 91, 92; OOD = mean of domains (mnist_m 50/52/54, sklearn 70) = 60, 61, 62.
+    assert stat(summary, "ft_adamw", "id_acc") == pytest.approx((0.91, 0.01, 3))
+    assert stat(summary, "ft_adamw", "ood_acc") == pytest.approx((0.61, 0.01, 3))
+    assert stat(summary, "ft_adamw", "ood_acc/mnist_m") == pytest.approx((0.52, 0.02, 3))
+    assert stat(summary, "ft_sgd", "ood_acc") == pytest.approx((0.41, 0.01, 3))
+    mean, std, n = stat(summary, "lp", "ood_acc")
+    assert (mean, n) == (pytest.approx(0.50), 1) and math.isnan(std)
+    # WiSE-FT (ID val): alphas 0.5, 0.5, 0.75 -> ID 0.85, 0.86, 0.895.
+    ids = [0.90 - 0.1 * (1 - a) + 0.01 * s for s, a in zip(SEEDS, ID_VAL_ALPHA["ft_adamw"])]
+    assert ids == pytest.approx([0.85, 0.86, 0.895])
+    assert stat(summary, "ft_adamw/wise_ft", "id_acc") == pytest.approx((np.mean(ids), np.std(ids, ddof=1), 3))
+    assert stat(summary, "ft_adamw/wise_ft", "alpha")[0] == pytest.approx(7 / 12)
+    # lpft oracle (alpha 0.25): OOD = (0.6 + 0.0375 + 0.02 s + 0.8) / 2 = 0.71875 + 0.01 s.
+    assert stat(summary, "lpft/wise_ft_oracle", "ood_acc") == pytest.approx((0.72875, 0.01, 3))
+    assert list(dict.fromkeys(summary["row"])) == [
+        "lp", "ft_adamw", "ft_sgd", "lpft", "ft_adamw/wise_ft", "ft_sgd/wise_ft", "lpft/wise_ft",
+        "ft_adamw/wise_ft_oracle", "ft_sgd/wise_ft_oracle", "lpft/wise_ft_oracle"]
+
+
+def test_curves_average_seeds_per_alpha(reported: Path) -> None:
+    results = aggregate.read_tidy(["results/report/results.csv"])
+    curves = aggregate.wise_ft_curves(results, {"id_split": "id_test", "ood_split": "ood_test"})
+    c = curves[(curves["method"] == "ft_sgd") & (curves["quantity"] == "id_acc")].set_index("alpha")
+    assert list(c.index) == list(ALPHAS)
+    assert c.loc[0.0, "mean"] == pytest.approx(0.70 + 0.01) and c.loc[1.0, "mean"] == pytest.approx(0.81)
+    assert (c["n"] == 3).all()
+
+
+def test_results_csv_is_sorted_and_rewritten(reported: Path) -> None:
+    inputs = list(Path("results/digits").rglob("*.csv"))
+    expected = sum(len(pd.read_csv(p)) for p in inputs)
+    assert report.main([]) == 0  # a second run must rewrite, not append
+    results = pd.read_csv("results/report/results.csv")
+    assert list(results.columns) == COLUMNS and len(results) == expected
+    order = results.sort_values(aggregate.SORT_COLUMNS, kind="stable", na_position="first").index
+    assert list(order) == list(range(len(results)))
+
+
+def test_metrics_json_is_hierarchical(reported: Path) -> None:
+    tree = json.loads(Path("results/report/metrics.json").read_text())
+    assert list(tree) == ["digits"] and list(tree["digits"]) == ["lite0"]
+    rows = tree["digits"]["lite0"]
+    assert set(rows) == {"lp", *BASE, *(f"{m}/wise_ft" for m in BASE), *(f"{m}/wise_ft_oracle" for m in BASE)}
+    assert rows["ft_adamw"] == {"id_acc": pytest.approx(0.91), "ood_acc": pytest.approx(0.61)}
+    assert rows["lp"]["id_acc"] == pytest.approx(0.85)
+
+
+def test_table_is_escaped_booktabs(reported: Path) -> None:
+    tex = Path("paper/tables/results.tex").read_text()
+    for token in (r"\toprule", r"\midrule", r"\bottomrule", r"\label{tab:results}", r"\cmidrule(lr){4-6}",
+                  r"\sbox0{\begin{tabular}{lcrrrr}", "sklearn\\_digits", "FT (AdamW) + WiSE-FT (oracle)"):
+        assert token in tex, token
+    assert "selected on OOD val" in tex and "selected on ID val" in tex and r"std over 3 seeds" in tex
+    assert r"50\% \& co\_x" in tex and ODD_LABEL not in tex
+    assert r"FT (AdamW) & -- & 91.0 $\pm$ 1.0 & 61.0 $\pm$ 1.0 & 52.0 $\pm$ 2.0 & 70.0 $\pm$ 0.0 \\" in tex
+    assert r"LP & -- & 85.0 & 50.0 & 40.0 & 60.0 \\" in tex  # one seed: no std
+    assert r"FT (AdamW) + WiSE-FT & 0.58 &" in tex
+    assert r"lr 0.01 (effective 0.1)" in tex and "lr 3e-4;" in tex
+    assert "\\VAR" not in tex and "%%" not in tex
+
+
+def test_latex_escape_and_cells() -> None:
+    assert latex_escape(r"a_b%c&d#e$f{g}~^\ ") == (r"a\_b\%c\&d\#e\$f\{g\}\textasciitilde{}"
+                                                  r"\textasciicircum{}\textbackslash{} ")
+    assert format_cell(0.91234, 0.01, 3) == r"91.2 $\pm$ 1.0"
+    assert format_cell(0.5, math.nan, 1) == "50.0"
+    assert format_cell(math.nan, math.nan, 0) == "--"
+
+
+def test_metric_without_domain_rows_uses_whole_split() -> None:
+    rows = [{"split": "id_test", "domain": "all", "metric": "worst_group", "value": 0.7},
+            {"split": "ood_test", "domain": "all", "metric": "worst_group", "value": 0.4},
+            {"split": "ood_test", "domain": "all", "metric": "acc", "value": 0.9},
+            {"split": "ood_test", "domain": "a", "metric": "acc", "value": 0.5},
+            {"split": "ood_test", "domain": "b", "metric": "acc", "value": 0.7}]
+    df = pd.DataFrame(rows).assign(row="x")
+    got = aggregate.per_seed_scores(df, ["row"], "id_test", "ood_test").set_index("quantity")["value"]
+    assert got.to_dict() == pytest.approx({"id_worst_group": 0.7, "ood_worst_group": 0.4, "ood_acc": 0.6,
+                                           "ood_acc/a": 0.5, "ood_acc/b": 0.7})
+
+
+def test_figures_written_and_reproducible(reported: Path) -> None:
+    pdf, png = Path("paper/figures/id_vs_ood.pdf"), Path("paper/figures/id_vs_ood.png")
+    first = pdf.read_bytes(), png.read_bytes()
+    assert first[0].startswith(b"%PDF") and first[1].startswith(b"\x89PNG") and len(first[1]) > 10_000
+    assert b"CreationDate" not in first[0]
+    assert report.main([]) == 0
+    assert (pdf.read_bytes(), png.read_bytes()) == first
+    assert not list(Path("paper/figures").glob(".tmp-*"))
+
+
+def test_paper_builds_pdf(reported: Path) -> None:
+    if shutil.which("latexmk") is None:
+        pytest.skip("latexmk not installed")
+    assert paper.main([]) == 0
+    pdf = Path("paper/main.pdf")
+    first = pdf.read_bytes()
+    assert first.startswith(b"%PDF") and len(first) > 10_000
+    assert paper.main([]) == 0 and pdf.read_bytes() == first  # reproducible bytes
+    assert not list(Path("paper").glob("*.aux")) and not list(Path("paper").glob("*.log"))
+
+
+def test_paper_failure_reports_log_tail(reported: Path, capsys: pytest.CaptureFixture) -> None:
+    if shutil.which("latexmk") is None:
+        pytest.skip("latexmk not installed")
+    main_tex = Path("paper/main.tex")
+    main_tex.write_text(main_tex.read_text().replace(r"\maketitle", r"\maketitle\undefinedmacroxyz"))
+    assert paper.main([]) != 0
+    err = capsys.readouterr().err
+    assert "latexmk failed" in err and "Undefined control sequence" in err
+    assert not Path("paper/main.pdf").exists()
+
+
+def test_paper_without_latexmk(reported: Path, monkeypatch: pytest.MonkeyPatch,
+                               capsys: pytest.CaptureFixture) -> None:
+    empty = reported / "empty-bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    assert paper.main([]) != 0
+    err = capsys.readouterr().err
+    assert "latexmk not found" in err and "sudo apt-get install latexmk" in err and "make setup" in err
+    assert "are written" in err
+    assert not Path("paper/main.pdf").exists()

@@ -1,0 +1,125 @@
+"""The fine-tuning loop, optimizers and the finetune stage, on the tiny digits task."""
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from pipeline.data.prepare import main as prepare_main
+from pipeline.data.shards import PreparedDataset
+from pipeline.models.backbone import create_model, load_state, normalization
+from pipeline.models.weights import main as backbone_main
+from pipeline.training.finetune import init_head, main as finetune_main
+from pipeline.training.loop import LoopConfig, NonFiniteLossError, set_bn_mode, train
+from pipeline.training.optim import build_optimizer
+
+RUN = "results/digits/tiny/ft_adamw/seed0"
+
+
+@pytest.fixture
+def prepared(tiny_workdir):
+    prepare_main(["--dataset", "digits"])
+    backbone_main(["--model", "tiny"])
+    return tiny_workdir
+
+
+def loop_cfg(**kw):
+    base = dict(epochs=1, batch_size=16, warmup_epochs=0.5, label_smoothing=0.0, grad_clip=0.0, bn="eval", seed=0)
+    return LoopConfig(**{**base, **kw})
+
+
+def test_sgd_is_heavy_ball_with_effective_lr():
+    model = create_model("test_efficientnet", 3, None)
+    opt, info = build_optimizer(model, {"optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4})
+    assert isinstance(opt, torch.optim.SGD)
+    assert all(g["nesterov"] is False and g["momentum"] == 0.9 for g in opt.param_groups)
+    assert info.effective_lr == pytest.approx(0.1)
+    # timm's param groups: no weight decay on biases and norm parameters
+    decays = {g["weight_decay"] for g in opt.param_groups}
+    assert decays == {0.0, 1e-4}
+    no_wd = [p for g in opt.param_groups if g["weight_decay"] == 0 for p in g["params"]]
+    assert all(p.ndim <= 1 for p in no_wd)
+
+
+def test_adamw_settings_are_explicit():
+    model = create_model("test_efficientnet", 3, None)
+    opt, info = build_optimizer(model, {"optimizer": "adamw", "lr": 1e-3, "betas": [0.8, 0.99], "weight_decay": 0.0})
+    assert isinstance(opt, torch.optim.AdamW) and info.effective_lr is None
+    assert opt.param_groups[0]["betas"] == (0.8, 0.99) and opt.param_groups[0]["foreach"] is True
+
+
+def test_bn_eval_mode_freezes_statistics(prepared):
+    data = PreparedDataset("data/prepared/digits")
+    model = create_model("test_efficientnet", 10, "data/weights/tiny.safetensors")
+    before = {k: v.clone() for k, v in model.state_dict().items() if "running_mean" in k}
+    opt, _ = build_optimizer(model, {"optimizer": "adamw", "lr": 1e-3, "betas": [0.9, 0.999]})
+    mean, std = normalization(model)
+    res = train(model, opt, data.split("train"), data.split("id_val"), mean, std, loop_cfg(bn="eval"))
+    after = res.best_state if res.best_epoch else model.state_dict()
+    assert all(torch.equal(before[k], model.state_dict()[k]) for k in before)
+    model.train()
+    set_bn_mode(model, "train")
+    assert any(m.training for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert after is not None
+
+
+def test_nan_loss_stops_with_step_and_method(prepared):
+    data = PreparedDataset("data/prepared/digits")
+    model = create_model("test_efficientnet", 10, "data/weights/tiny.safetensors")
+    opt, _ = build_optimizer(model, {"optimizer": "sgd", "lr": 1e30, "momentum": 0.9})
+    mean, std = normalization(model)
+    with pytest.raises(NonFiniteLossError, match=r"exploding: loss is (nan|inf) at step \d+ \(epoch 1\)"):
+        train(model, opt, data.split("train"), data.split("id_val"), mean, std,
+              loop_cfg(epochs=3, warmup_epochs=0.0, bn="train", name="exploding"))
+
+
+def test_nan_loss_writes_no_results(prepared):
+    cfg_text = (prepared / "params.yaml").read_text().replace("lr: 0.0003", "lr: 1.0e+30")
+    (prepared / "params.yaml").write_text(cfg_text)
+    import yaml
+    cfg = yaml.safe_load(cfg_text)
+    assert cfg["methods"]["ft_adamw"]["lr"] == 1e30
+    cfg["finetune"]["epochs"] = 3
+    cfg["finetune"]["bn"] = "train"
+    cfg["methods"]["ft_adamw"]["optimizer"] = "sgd"
+    cfg["methods"]["ft_adamw"]["momentum"] = 0.9
+    (prepared / "params.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(NonFiniteLossError, match="ft_adamw"):
+        finetune_main(["--dataset", "digits", "--model", "tiny", "--method", "ft_adamw", "--seed", "0"])
+    assert not (prepared / RUN).exists() or not any((prepared / RUN).iterdir())
+
+
+def test_lp_head_initialisation(prepared, tmp_path):
+    from pipeline.models.backbone import save_state
+
+    model = create_model("test_efficientnet", 10, None)
+    w = torch.randn(10, model.num_features)
+    save_state({"weight": w, "bias": torch.arange(10.0)}, tmp_path / "head.safetensors")
+    init_head(model, "lp", str(tmp_path / "head.safetensors"))
+    assert torch.equal(model.classifier.weight.data, w)
+    init_head(model, "random", None)
+    assert model.classifier.weight.std() < 0.05 and torch.count_nonzero(model.classifier.bias) == 0
+    save_state({"weight": torch.zeros(3, 7), "bias": torch.zeros(3)}, tmp_path / "bad.safetensors")
+    with pytest.raises(ValueError, match="does not fit"):
+        init_head(model, "lp", str(tmp_path / "bad.safetensors"))
+
+
+def test_finetune_stage_main_and_selection(prepared):
+    assert finetune_main(["--dataset", "digits", "--model", "tiny", "--method", "ft_adamw", "--seed", "0"]) == 0
+    run = json.loads((prepared / RUN / "run.json").read_text())
+    hist = pd.read_csv(prepared / RUN / "history.csv")
+    assert run["selected_epoch"] in (0, 1) and len(run["config_hash"]) == 12
+    # the kept weights are those of the best ID-val epoch (ties keep the earlier one)
+    assert run["selected_id_val_acc"] == pytest.approx(hist["id_val_acc"].max(), abs=1e-6)
+    assert hist["id_val_acc"].iloc[run["selected_epoch"]] == pytest.approx(run["selected_id_val_acc"], abs=1e-6)
+    assert set(hist["config_hash"]) == {run["config_hash"]}
+    assert "conv_stem.weight" in load_state(prepared / RUN / "model.safetensors")
+
+
+def test_finetune_is_deterministic(prepared):
+    args = ["--dataset", "digits", "--model", "tiny", "--method", "ft_adamw", "--seed", "1"]
+    finetune_main(args)
+    first = load_state(prepared / "results/digits/tiny/ft_adamw/seed1/model.safetensors")
+    finetune_main(args)
+    second = load_state(prepared / "results/digits/tiny/ft_adamw/seed1/model.safetensors")
+    assert all(torch.equal(first[k], second[k]) for k in first)
