@@ -42,7 +42,8 @@ def atomic_path(path: str | os.PathLike, is_dir: bool = False) -> Iterator[Path]
         if is_dir:
             # Snakemake dates a directory output by this file when present, else by the
             # directory's own mtime, which DVC changes whenever it relinks the contents.
-            (tmp / ".snakemake_timestamp").touch()
+            # Not empty: DVC re-creates empty files instead of hardlinking them.
+            (tmp / ".snakemake_timestamp").write_text("mtime carrier for Snakemake\n")
         if is_dir and path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)

@@ -83,10 +83,11 @@ def test_full_run_then_nothing_to_do_then_targeted_reruns(project):
     (root / "params.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     expected = Counter({"finetune": 2, "evaluate": 2, "wise_ft": 2, "report": 1, "paper": 1})
     assert snakemake_jobs(run_cli(*snake, "-n", cwd=root, env=env).stdout) == expected
-    ran = dvc_ran(run_cli(str(BIN / "dvc"), "repro", cwd=root, env=env).stdout)
+    ran = dvc_ran(run_cli("make", "-f", str(REPO / "Makefile"), "repro", f"VENV={BIN.parent}", cwd=root,
+                          env=env).stdout)
     assert ran == expected + Counter({"check_params": 1})
     assert "up to date" in run_cli(str(BIN / "dvc"), "status", cwd=root, env=env).stdout
-    # and Snakemake agrees that DVC's re-run left everything up to date
+    # `make repro` = dvc repro + snakemake --touch: Snakemake accepts DVC's outputs
     after = run_cli(*snake, "-n", cwd=root, env=env).stdout
     assert "Nothing to be done" in after, after[-2000:]
 
