@@ -47,6 +47,8 @@ class Stage:
     inputs: Inputs
     params: tuple[str, ...] = ()
     directories: frozenset[str] = frozenset()
+    # One thread by default: on a small machine two 1-thread jobs beat one 2-thread
+    # job; a cluster profile raises it per stage (set-threads).
     threads: int = 1
     gpu: int = 0
     runtime: int = 10
@@ -203,7 +205,7 @@ STAGES: tuple[Stage, ...] = (
           "Pooled penultimate features of every split (eval mode), cached for LP and LP-FT.",
           ("dataset", "model"), {"features": FEATURES}, _features_inputs,
           params=("models.{model}", "features"),
-          threads=2, gpu=1, runtime=60, mem_mb=8000),
+          gpu=1, runtime=60, mem_mb=8000),
     Stage("linear_probe", "pipeline.training.linear_probe",
           "L2-regularised multinomial logistic regression, C swept (warm-started L-BFGS), chosen on ID val.",
           ("dataset", "model"),
@@ -214,17 +216,17 @@ STAGES: tuple[Stage, ...] = (
           ("dataset", "model", "method", "seed"),
           {"model": f"{RUN_DIR}/model.safetensors", "history": f"{RUN_DIR}/history.csv", "run": f"{RUN_DIR}/run.json"},
           _finetune_inputs, params=("finetune", "methods.{method}", "models.{model}", "datasets.{dataset}"),
-          threads=2, gpu=1, runtime=240, mem_mb=16000),
+          gpu=1, runtime=240, mem_mb=16000),
     Stage("evaluate", "pipeline.evaluation.evaluate",
           "Accuracy of the fine-tuned model on every split and domain.",
           ("dataset", "model", "method", "seed"), {"metrics": f"{RUN_DIR}/metrics.csv"}, _evaluate_inputs,
           params=("evaluate", "models.{model}"),
-          threads=2, gpu=1, runtime=30, mem_mb=8000),
+          gpu=1, runtime=30, mem_mb=8000),
     Stage("wise_ft", "pipeline.ensembling.wise_ft",
           "WiSE-FT: evaluate (1-a) pretrained + a fine-tuned over the alpha grid; a chosen on ID val.",
           ("dataset", "model", "method", "seed"), {"curve": f"{RUN_DIR}/wise_ft.csv"}, _wise_ft_inputs,
           params=("wise_ft", "evaluate", "models.{model}", "methods.{method}.init"),
-          threads=2, gpu=1, runtime=60, mem_mb=8000),
+          gpu=1, runtime=60, mem_mb=8000),
     Stage("report", "pipeline.reporting.report",
           "Tidy results.csv, the LaTeX table, the ID-vs-OOD figure and metrics.json for `dvc metrics`.",
           (), {"results": f"{REPORT_DIR}/results.csv", "metrics": f"{REPORT_DIR}/metrics.json",

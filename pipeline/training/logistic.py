@@ -97,7 +97,7 @@ class LogisticProblem:
     A ones column folds the bias into the matmuls, and one flat parameter
     ``theta = [W | b]`` keeps L-BFGS's per-iteration bookkeeping to one tensor.
     Logits are computed class-major ([K, n]): both matmuls then read a
-    contiguous operand (measured ~25% faster per evaluation than [n, K]).
+    contiguous operand (measured ~25% faster per evaluation than [n, K] on one thread).
     """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, num_classes: int):
@@ -150,13 +150,16 @@ def logits(theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 def objective(weight: torch.Tensor, bias: torch.Tensor, x: torch.Tensor, y: torch.Tensor, C: float) -> float:
     """scikit-learn's objective ``1/2 ||W||^2 + C * sum_i CE``, summed in float64."""
-    z = torch.addmm(bias.to(x.dtype), x, weight.to(x.dtype).T).double()
+    return _objective(torch.addmm(bias.to(x.dtype), x, weight.to(x.dtype).T), weight, y, C)
+
+
+def _objective(z: torch.Tensor, weight: torch.Tensor, y: torch.Tensor, C: float) -> float:
     w = weight.double()
-    return float(0.5 * (w * w).sum() + C * torch.nn.functional.cross_entropy(z, y.long(), reduction="sum"))
+    return float(0.5 * (w * w).sum() + C * torch.nn.functional.cross_entropy(z.double(), y.long(), reduction="sum"))
 
 
-def _accuracy(theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> float:
-    return float((logits(theta, x).argmax(1) == y).double().mean())
+def _accuracy(z: torch.Tensor, y: torch.Tensor) -> float:
+    return float((z.argmax(1) == y).double().mean())
 
 
 def _warm_start(path: list[tuple[float, torch.Tensor]], C: float) -> torch.Tensor | None:
@@ -189,8 +192,9 @@ def sweep(x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor, y_v
         t0 = time.perf_counter()
         theta, iters = problem.fit(C, max_iter, tol, init=_warm_start(path, C))
         path = [*path[-1:], (C, theta)]
-        rows.append(SweepRow(C, _accuracy(theta, xt, yt), _accuracy(theta, xv, yv), iters,
-                             time.perf_counter() - t0, objective(theta[:, :-1], theta[:, -1], xt, yt, C)))
+        zt, zv = logits(theta, xt), logits(theta, xv)
+        rows.append(SweepRow(C, _accuracy(zt, yt), _accuracy(zv, yv), iters, time.perf_counter() - t0,
+                             _objective(zt, theta[:, :-1], yt, C)))
         if best_theta is None or rows[-1].val_acc > rows[best].val_acc:  # strict: smallest C wins ties
             best, best_theta = len(rows) - 1, theta
     assert best_theta is not None, "empty C grid"
