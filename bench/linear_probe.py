@@ -86,10 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     x_np, xv_np = (normalise(t["features"], mu, sigma, dtype).numpy() for t in (tr, va))
     y_np, yv_np = tr["labels"].numpy(), va["labels"].numpy()
 
-    # (solver, threads) -> wall times, and each solver's rows/selection (the same on every run).
     load0 = os.getloadavg()[0]  # other work on the machine slows multi-threaded runs most
+    # (solver, threads) -> wall times, and the rows/selection of the last run.
     times: dict[tuple[str, int], list[float]] = {}
-    result: dict[str, tuple[list[SweepRow], int]] = {}
+    result: dict[tuple[str, int], tuple[list[SweepRow], int]] = {}
     for threads in sorted({args.threads, 1}, reverse=True):
         torch.set_num_threads(threads)
         with threadpool_limits(limits=threads):
@@ -98,9 +98,9 @@ def main(argv: list[str] | None = None) -> int:
                 res = sweep(tr["features"], tr["labels"], va["features"], va["labels"], meta["num_classes"],
                             Cs, max_iter, dtype=dtype)
                 t1 = time.perf_counter()
-                result["sklearn"] = sklearn_sweep(x_np, y_np, xv_np, yv_np, Cs, max_iter)
+                result["sklearn", threads] = sklearn_sweep(x_np, y_np, xv_np, yv_np, Cs, max_iter)
                 t2 = time.perf_counter()
-                result["torch"] = (res.rows, res.selected)
+                result["torch", threads] = (res.rows, res.selected)
                 if rep:
                     times.setdefault(("torch", threads), []).append(t1 - t0)
                     times.setdefault(("sklearn", threads), []).append(t2 - t1)
@@ -111,17 +111,17 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.repeats} repeats; load average {load0:.2f} -> {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
     print(f"{'solver':<16}{'threads':>8}{'median s':>10}{'best s':>8}{'iters':>7}{'C':>8}{'val acc %':>10}")
     for (name, threads), t in times.items():
-        rows, sel = result[name]
+        rows, sel = result[name, threads]
         label = "torch L-BFGS" if name == "torch" else "sklearn lbfgs"
         print(f"{label:<16}{threads:>8d}{statistics.median(t):>10.3f}{min(t):>8.3f}"
               f"{sum(r.iterations for r in rows):>7d}{rows[sel].C:>8.3g}{100 * rows[sel].val_acc:>10.2f}")
     med = {k: statistics.median(t) for k, t in times.items()}
     best = {s: min(v for (name, _), v in med.items() if name == s) for s in ("torch", "sklearn")}
-    (t_rows, t_sel), (s_rows, s_sel) = result["torch"], result["sklearn"]
+    (t_rows, t_sel), (s_rows, s_sel) = result["torch", args.threads], result["sklearn", args.threads]
     print(f"speed ratio sklearn/torch at {args.threads} threads: "
           f"{med['sklearn', args.threads] / med['torch', args.threads]:.1f}x; "
           f"each at its faster thread count: {best['sklearn'] / best['torch']:.1f}x")
-    print(f"selected {meta['val_split']} accuracy, torch - sklearn: "
+    print(f"selected {meta['val_split']} accuracy at {args.threads} threads, torch - sklearn: "
           f"{100 * (t_rows[t_sel].val_acc - s_rows[s_sel].val_acc):+.2f} points "
           f"(largest per-C difference {100 * max(abs(a.val_acc - b.val_acc) for a, b in zip(t_rows, s_rows)):.2f})")
     gaps = [(a.objective - b.objective) / b.objective for a, b in zip(t_rows, s_rows)]
