@@ -47,7 +47,7 @@ test: setup
 
 # Run the DAG through DVC, then tell Snakemake its outputs are current: DVC
 # re-runs what changed but cannot update Snakemake's provenance records.
-repro: setup
+repro:
 	dvc repro
 	snakemake --touch --cores 1 --quiet
 
