@@ -51,6 +51,13 @@ def parse_job(stage_name: str, argv: list[str] | None) -> Job:
     for w, section in (("dataset", "datasets"), ("model", "models"), ("method", "methods")):
         if w in wc and wc[w] not in cfg[section]:
             raise ParamsError(f"{args.params}: {section}.{wc[w]}: not defined (--{w} {wc[w]})")
+    if "hp" in wc:
+        from pipeline.training.settings import hp_names
+
+        names = hp_names(cfg["methods"][wc["method"]])
+        if wc["hp"] not in names:
+            raise ParamsError(f"{args.params}: methods.{wc['method']}: no grid point {wc['hp']!r} "
+                              f"(its runs: {', '.join(names)})")
     values = st.param_values(cfg, wc)
     job = Job(st, cfg, wc, job_inputs(st, cfg, wc), st.output_paths(wc), values,
               config_hash({"stage": st.name, "wildcards": wc, "params": values}))
@@ -91,7 +98,13 @@ def _export_dvc(argv: list[str]) -> int:
     return render_main(argv)
 
 
-TOOLS = {"validate": _validate, "export-dvc": _export_dvc}
+def _dvc_commit(argv: list[str]) -> int:
+    from pipeline.dvc_commit import main as commit_main
+
+    return commit_main(argv)
+
+
+TOOLS = {"validate": _validate, "export-dvc": _export_dvc, "dvc-commit": _dvc_commit}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m pipeline <command> [options]\n\nstages:")
         for st in STAGES:
             print(f"  {st.name:14s} {st.doc}")
-        print("tools:\n  validate       check params.yaml\n  export-dvc     render dvc.yaml from the registry")
+        print("tools:\n  validate       check params.yaml\n  export-dvc     render dvc.yaml from the registry\n"
+              "  dvc-commit     record Snakemake's outputs in DVC, keeping their timestamps")
         return 0 if argv else 2
     cmd, rest = argv[0], argv[1:]
     try:

@@ -81,9 +81,40 @@ def validate(cfg: Any, source: str = DEFAULT_PARAMS) -> dict:
     if lp["C_min"] > lp["C_max"]:
         raise ParamsError(f"{source}: linear_probe.C_min: {lp['C_min']} is larger than C_max {lp['C_max']}")
     for name, m in cfg["methods"].items():
-        if m["optimizer"] == "adamw" and "momentum" in m:
-            raise ParamsError(f"{source}: methods.{name}.momentum: not used by optimizer adamw (use betas)")
+        _check_method(name, m, source)
+    for section in ("wise_ft", "soups"):
+        for i, name in enumerate((cfg.get(section) or {}).get("methods", [])):
+            if name not in exp["methods"]:
+                raise ParamsError(f"{source}: {section}.methods[{i}]: {name!r} is not in experiment.methods")
+    soup = [m for m in (cfg.get("soups") or {}).get("methods", []) if m in cfg["methods"]]
+    inits = {cfg["methods"][m]["init"] for m in soup}
+    if len(inits) > 1:
+        found = ", ".join(f"{m}: {cfg['methods'][m]['init']}" for m in soup)
+        raise ParamsError(f"{source}: soups.methods: ingredients must share an initialisation, but their `init` "
+                          f"values differ ({found})")
     return cfg
+
+
+# Keys that only make sense for some optimizers: a stray one is a mistake, not a no-op.
+OPTIMIZER_KEYS = {"momentum": ("sgd", "sgdp"), "effective_lr": ("sgd", "sgdp"), "betas": ("adamw", "adamp", "spd"),
+                  "delta": ("adamp", "sgdp"), "wd_ratio": ("adamp", "sgdp"), "nesterov": ("adamp", "sgdp"),
+                  "spd_lambda": ("spd",), "head_spd_lambda": ("spd",)}
+
+
+def _check_method(name: str, m: dict, source: str) -> None:
+    grid = m.get("grid") or {}
+    for key, optimizers in OPTIMIZER_KEYS.items():
+        if (key in m or key in grid) and m["optimizer"] not in optimizers:
+            where = f"methods.{name}.{'grid.' if key in grid else ''}{key}"
+            raise ParamsError(f"{source}: {where}: not used by optimizer {m['optimizer']} "
+                              f"(only by {', '.join(optimizers)})")
+    for key in grid:
+        if key in m:
+            raise ParamsError(f"{source}: methods.{name}.{key}: also swept in methods.{name}.grid.{key}; keep one")
+    rates = [k for k in ("lr", "effective_lr") if k in m or k in grid]
+    if len(rates) != 1:
+        problem = "set lr or effective_lr" if not rates else "set lr or effective_lr, not both"
+        raise ParamsError(f"{source}: methods.{name}: {problem}")
 
 
 def load_params(path: str | Path = DEFAULT_PARAMS) -> dict:

@@ -18,21 +18,27 @@ from pathlib import Path
 from typing import Callable
 
 from pipeline.config import lookup
+from pipeline.training.settings import hp_names
 
 # Wildcard -> the experiment list it ranges over, and the regex it must match
 # (which also keeps any value out of reach of shell injection).
-WILDCARDS = {"dataset": "datasets", "model": "models", "method": "methods", "seed": "seeds"}
+# ``hp`` (a method's grid point, see pipeline.training.settings) ranges over the grid of
+# the job's method instead of an experiment list.
+WILDCARDS = {"dataset": "datasets", "model": "models", "method": "methods", "hp": None, "seed": "seeds"}
 WILDCARD_PATTERNS = {"dataset": r"[A-Za-z][A-Za-z0-9_]*", "model": r"[A-Za-z][A-Za-z0-9_]*",
-                     "method": r"[A-Za-z][A-Za-z0-9_]*", "seed": r"\d+"}
+                     "method": r"[A-Za-z][A-Za-z0-9_]*", "hp": r"[A-Za-z][A-Za-z0-9_.+-]*", "seed": r"\d+"}
 
 PREPARED = "data/prepared/{dataset}"
 WEIGHTS = "data/weights/{model}.safetensors"
 FEATURES = "results/{dataset}/{model}/features.safetensors"
 LP_DIR = "results/{dataset}/{model}/lp"
-RUN_DIR = "results/{dataset}/{model}/{method}/seed{seed}"
+RUN_DIR = "results/{dataset}/{model}/{method}/{hp}/seed{seed}"
+SOUP_DIR = "results/{dataset}/{model}/soup/seed{seed}"
+ANALYSIS_DIR = "results/analysis"
 REPORT_DIR = "results/report"
 
 Inputs = Callable[[dict, dict], dict]
+Select = Callable[[dict, dict], bool]
 
 
 @dataclass(frozen=True)
@@ -45,8 +51,12 @@ class Stage:
     wildcards: tuple[str, ...]
     outputs: dict[str, str]
     inputs: Inputs
+    # Dotted params.yaml keys (templates); ``a.b.*`` means every key under a.b but ``grid``
+    # (a run's grid values are in its path, so growing a grid leaves existing runs valid).
     params: tuple[str, ...] = ()
     directories: frozenset[str] = frozenset()
+    # Which wildcard combinations are jobs (e.g. WiSE-FT only for the methods listed).
+    select: Select | None = None
     # One thread by default: on a small machine two 1-thread jobs beat one 2-thread
     # job; a cluster profile raises it per stage (set-threads).
     threads: int = 1
@@ -56,21 +66,34 @@ class Stage:
 
     def jobs(self, cfg: dict) -> list[dict[str, str]]:
         """Wildcard values of every job, in a stable order."""
-        lists = [[str(v) for v in cfg["experiment"][WILDCARDS[w]]] for w in self.wildcards]
-        return [dict(zip(self.wildcards, combo)) for combo in itertools.product(*lists)]
+        out: list[dict[str, str]] = [{}]
+        for w in self.wildcards:
+            if w == "hp":
+                out = [{**wc, "hp": hp} for wc in out for hp in hp_names(cfg["methods"][wc["method"]])]
+            else:
+                out = [{**wc, w: str(v)} for wc in out for v in cfg["experiment"][WILDCARDS[w]]]
+        return [wc for wc in out if self.select is None or self.select(cfg, wc)]
 
     def job_id(self, wc: dict) -> str:
-        """``finetune--digits--lite0--ft_adamw--seed0`` (a valid DVC stage name)."""
+        """``finetune--digits--lite0--spd--lr0p001--seed0``: a valid DVC stage name ('.' becomes 'p')."""
         parts = [self.name] + [f"seed{wc[w]}" if w == "seed" else wc[w] for w in self.wildcards]
-        return "--".join(parts)
+        return "--".join(parts).replace(".", "p")
 
     def output_paths(self, wc: dict) -> dict[str, str]:
         return {k: v.format(**wc) for k, v in self.outputs.items()}
 
     def param_keys(self, cfg: dict, wc: dict) -> list[str]:
         """Dotted params.yaml keys this job reads (those present in the file)."""
-        keys = [k.format(**wc) for k in self.params]
-        return [k for k in keys if _has_key(cfg, k)]
+        keys: list[str] = []
+        for template in self.params:
+            key = template.format(**wc)
+            if key.endswith(".*"):
+                parent = key[:-2]
+                if _has_key(cfg, parent):
+                    keys += [f"{parent}.{k}" for k in lookup(cfg, parent) if k != "grid"]
+            elif _has_key(cfg, key):
+                keys.append(key)
+        return keys
 
     def param_values(self, cfg: dict, wc: dict) -> dict:
         return {k: lookup(cfg, k) for k in self.param_keys(cfg, wc)}
@@ -99,7 +122,7 @@ class Stage:
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 PLUMBING = frozenset({"pipeline", "pipeline.cli", "pipeline.config", "pipeline.io", "pipeline.stages",
-                      "pipeline.compat", "pipeline.dvc_render"})
+                      "pipeline.compat", "pipeline.dvc_render", "pipeline.dvc_commit"})
 
 
 @functools.lru_cache(maxsize=None)
@@ -147,6 +170,22 @@ def all_runs(cfg: dict) -> list[dict[str, str]]:
     return STAGES_BY_NAME["finetune"].jobs(cfg)
 
 
+def _wise_ft_selected(cfg: dict, wc: dict) -> bool:
+    listed = cfg["wise_ft"].get("methods")
+    return listed is None or wc["method"] in listed
+
+
+def _soups_enabled(cfg: dict, wc: dict) -> bool:
+    return bool((cfg.get("soups") or {}).get("methods"))
+
+
+def soup_ingredients(cfg: dict, wc: dict) -> list[dict[str, str]]:
+    """Runs pooled into the soups of one (dataset, model, seed): every grid point of ``soups.methods``."""
+    methods = (cfg.get("soups") or {}).get("methods", [])
+    return [r for r in all_runs(cfg) if r["method"] in methods and
+            all(r[k] == wc[k] for k in ("dataset", "model", "seed"))]
+
+
 # --- input functions: (cfg, wildcards) -> {name: path or [paths]} -----------------------------
 
 def _lp_head_if_needed(cfg: dict, wc: dict) -> dict:
@@ -155,7 +194,7 @@ def _lp_head_if_needed(cfg: dict, wc: dict) -> dict:
     return {}
 
 
-def _features_inputs(cfg, wc):
+def _data_and_weights(cfg, wc):
     return {"data": PREPARED.format(**wc), "weights": WEIGHTS.format(**wc)}
 
 
@@ -164,7 +203,7 @@ def _lp_inputs(cfg, wc):
 
 
 def _finetune_inputs(cfg, wc):
-    return {"data": PREPARED.format(**wc), "weights": WEIGHTS.format(**wc), **_lp_head_if_needed(cfg, wc)}
+    return {**_data_and_weights(cfg, wc), **_lp_head_if_needed(cfg, wc)}
 
 
 def _evaluate_inputs(cfg, wc):
@@ -172,7 +211,16 @@ def _evaluate_inputs(cfg, wc):
 
 
 def _wise_ft_inputs(cfg, wc):
-    return {**_finetune_inputs(cfg, wc), "model": f"{RUN_DIR}/model.safetensors".format(**wc)}
+    # alpha = 1 is the fine-tuned model itself: its scores come from `evaluate`.
+    return {**_finetune_inputs(cfg, wc), "model": f"{RUN_DIR}/model.safetensors".format(**wc),
+            "metrics": f"{RUN_DIR}/metrics.csv".format(**wc)}
+
+
+def _soup_inputs(cfg, wc):
+    runs = soup_ingredients(cfg, wc)
+    return {"data": PREPARED.format(**wc),
+            "models": [f"{RUN_DIR}/model.safetensors".format(**r) for r in runs],
+            "metrics": [f"{RUN_DIR}/metrics.csv".format(**r) for r in runs]}
 
 
 def _report_inputs(cfg, wc):
@@ -181,16 +229,23 @@ def _report_inputs(cfg, wc):
     return {
         "lp": [f"{LP_DIR}/metrics.csv".format(**p) for p in pairs],
         "evaluate": [f"{RUN_DIR}/metrics.csv".format(**r) for r in runs],
-        "wise_ft": [f"{RUN_DIR}/wise_ft.csv".format(**r) for r in runs],
+        "wise_ft": [f"{RUN_DIR}/wise_ft.csv".format(**r) for r in STAGES_BY_NAME["wise_ft"].jobs(cfg)],
+        "soup": [f"{SOUP_DIR}/metrics.csv".format(**j) for j in STAGES_BY_NAME["soup"].jobs(cfg)],
         "runs": [f"{RUN_DIR}/run.json".format(**r) for r in runs],
+        "layers": [f"{RUN_DIR}/layers.csv".format(**r) for r in runs],
+        "grad_norms": [f"{GRAD_NORMS}".format(**p) for p in pairs],
         "templates": ["paper/templates/results_table.tex.j2"],
     }
 
 
 def _paper_inputs(cfg, wc):
-    return {"main": "paper/main.tex", "table": "paper/tables/results.tex",
-            "figure": "paper/figures/id_vs_ood.pdf"}
+    report = STAGES_BY_NAME["report"].outputs
+    return {"main": "paper/main.tex", "lpft_theory": STAGES_BY_NAME["lpft_theory"].outputs["table"],
+            **{k: v for k, v in report.items() if v.startswith("paper/") and v.endswith((".tex", ".pdf"))}}
 
+
+RUN = ("dataset", "model", "method", "hp", "seed")
+GRAD_NORMS = "results/{dataset}/{model}/grad_norms.csv"
 
 STAGES: tuple[Stage, ...] = (
     Stage("prepare_data", "pipeline.data.prepare",
@@ -203,7 +258,7 @@ STAGES: tuple[Stage, ...] = (
           params=("models.{model}.timm_name", "models.{model}.weights"), mem_mb=4000),
     Stage("features", "pipeline.models.features",
           "Pooled penultimate features of every split (eval mode), cached for LP and LP-FT.",
-          ("dataset", "model"), {"features": FEATURES}, _features_inputs,
+          ("dataset", "model"), {"features": FEATURES}, _data_and_weights,
           params=("models.{model}", "features"),
           gpu=1, runtime=60, mem_mb=8000),
     Stage("linear_probe", "pipeline.training.linear_probe",
@@ -211,28 +266,43 @@ STAGES: tuple[Stage, ...] = (
           ("dataset", "model"),
           {"head": f"{LP_DIR}/head.safetensors", "sweep": f"{LP_DIR}/sweep.csv", "metrics": f"{LP_DIR}/metrics.csv"},
           _lp_inputs, params=("linear_probe",), mem_mb=4000),
+    Stage("grad_norms", "pipeline.analysis.grad_norms",
+          "Per-layer gradient norms at the start of fine-tuning (embedding vs the rest), for freeze-embed.",
+          ("dataset", "model"), {"grad_norms": GRAD_NORMS}, _data_and_weights,
+          params=("analysis.grad_norms", "models.{model}"), mem_mb=8000),
     Stage("finetune", "pipeline.training.finetune",
-          "Fine-tune one method/seed: warmup + cosine, checkpoint chosen on ID val.",
-          ("dataset", "model", "method", "seed"),
-          {"model": f"{RUN_DIR}/model.safetensors", "history": f"{RUN_DIR}/history.csv", "run": f"{RUN_DIR}/run.json"},
-          _finetune_inputs, params=("finetune", "methods.{method}", "models.{model}", "datasets.{dataset}"),
+          "Fine-tune one method at one grid point and seed: warmup + cosine, checkpoint chosen on ID val.",
+          RUN,
+          {"model": f"{RUN_DIR}/model.safetensors", "history": f"{RUN_DIR}/history.csv", "run": f"{RUN_DIR}/run.json",
+           "layers": f"{RUN_DIR}/layers.csv"},
+          _finetune_inputs, params=("finetune", "methods.{method}.*", "models.{model}", "datasets.{dataset}"),
           gpu=1, runtime=240, mem_mb=16000),
     Stage("evaluate", "pipeline.evaluation.evaluate",
           "Accuracy of the fine-tuned model on every split and domain.",
-          ("dataset", "model", "method", "seed"), {"metrics": f"{RUN_DIR}/metrics.csv"}, _evaluate_inputs,
+          RUN, {"metrics": f"{RUN_DIR}/metrics.csv"}, _evaluate_inputs,
           params=("evaluate", "models.{model}"),
           gpu=1, runtime=30, mem_mb=8000),
     Stage("wise_ft", "pipeline.ensembling.wise_ft",
           "WiSE-FT: evaluate (1-a) pretrained + a fine-tuned over the alpha grid; a chosen on ID val.",
-          ("dataset", "model", "method", "seed"), {"curve": f"{RUN_DIR}/wise_ft.csv"}, _wise_ft_inputs,
-          params=("wise_ft", "evaluate", "models.{model}", "methods.{method}.init"),
-          gpu=1, runtime=60, mem_mb=8000),
+          RUN, {"curve": f"{RUN_DIR}/wise_ft.csv"}, _wise_ft_inputs,
+          params=("wise_ft.alphas", "evaluate", "models.{model}", "methods.{method}.init"),
+          select=_wise_ft_selected, gpu=1, runtime=60, mem_mb=8000),
+    Stage("soup", "pipeline.ensembling.soup",
+          "Uniform and greedy model soups (Wortsman et al. 2022) of one seed's runs, greedy order by ID val.",
+          ("dataset", "model", "seed"), {"metrics": f"{SOUP_DIR}/metrics.csv", "soup": f"{SOUP_DIR}/soup.json"},
+          _soup_inputs, params=("soups", "evaluate", "models.{model}"),
+          select=_soups_enabled, gpu=1, runtime=60, mem_mb=8000),
+    Stage("lpft_theory", "pipeline.analysis.lpft_theory",
+          "LP vs FT vs LP-FT on the two-layer linear network of Kumar et al. 2022 (ID/OOD error table).",
+          (), {"results": f"{ANALYSIS_DIR}/lpft_theory.csv", "table": "paper/tables/lpft_theory.tex"},
+          lambda cfg, wc: {}, params=("analysis.lpft_theory",)),
     Stage("report", "pipeline.reporting.report",
-          "Tidy results.csv, the LaTeX table, the ID-vs-OOD figure and metrics.json for `dvc metrics`.",
+          "Tidy results.csv, the LaTeX table, the figures and metrics.json for `dvc metrics`.",
           (), {"results": f"{REPORT_DIR}/results.csv", "metrics": f"{REPORT_DIR}/metrics.json",
                "table": "paper/tables/results.tex", "figure": "paper/figures/id_vs_ood.pdf",
-               "figure_png": "paper/figures/id_vs_ood.png"},
-          _report_inputs, params=("report",)),
+               "figure_png": "paper/figures/id_vs_ood.png", "grad_norms": "paper/figures/grad_norms.pdf",
+               "layers": "paper/figures/layers.pdf"},
+          _report_inputs, params=("report", "experiment.methods")),
     Stage("paper", "pipeline.reporting.paper", "Compile paper/main.tex with latexmk.",
           (), {"pdf": "paper/main.pdf"}, _paper_inputs, mem_mb=2000),
 )

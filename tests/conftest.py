@@ -28,7 +28,9 @@ def tiny_params(model: str = "test_efficientnet", weights: str = "none") -> dict
     cfg["models"] = {"tiny": {"timm_name": model, "weights": weights}}
     cfg["linear_probe"].update(num_C=4, max_iter=30)
     cfg["finetune"].update(epochs=1, batch_size=16)
-    cfg["wise_ft"]["alphas"] = [0.0, 0.5, 1.0]
+    cfg["wise_ft"] = {"alphas": [0.0, 0.5, 1.0], "methods": ["ft_adamw", "lpft"]}
+    cfg["soups"] = {"methods": ["ft_adamw"]}
+    cfg["analysis"] = {"lpft_theory": {"eps": [0.0, 0.2], "seeds": 2}, "grad_norms": {"batch_size": 16}}
     return cfg
 
 

@@ -33,8 +33,9 @@ def test_repo_params_are_valid():
 
 def test_unknown_method_in_experiment(cfg):
     cfg["experiment"]["methods"].append("ft_adamx")
-    assert error_of(cfg) == ("params.yaml: experiment.methods[3]: unknown method 'ft_adamx' "
-                             "(defined under methods: ft_adamw, ft_sgd, lpft)")
+    n = len(cfg["experiment"]["methods"]) - 1
+    assert error_of(cfg) == (f"params.yaml: experiment.methods[{n}]: unknown method 'ft_adamx' "
+                             f"(defined under methods: {', '.join(sorted(cfg['methods']))})")
 
 
 def test_unknown_optimizer(cfg):
@@ -65,8 +66,60 @@ def test_wrong_type(cfg):
 
 
 def test_missing_required_key(cfg):
+    del cfg["methods"]["lpft"]["init"]
+    assert error_of(cfg) == "params.yaml: methods.lpft.init: required key is missing"
+
+
+def test_learning_rate_is_required_once(cfg):
     del cfg["methods"]["lpft"]["lr"]
-    assert error_of(cfg) == "params.yaml: methods.lpft.lr: required key is missing"
+    assert error_of(cfg) == "params.yaml: methods.lpft: set lr or effective_lr"
+    cfg["methods"]["ft_sgd"]["lr"] = 0.001
+    cfg["methods"]["lpft"]["lr"] = 1e-4
+    assert error_of(cfg) == "params.yaml: methods.ft_sgd: set lr or effective_lr, not both"
+
+
+@pytest.mark.parametrize("method, key, value, message", [
+    ("ft_adamw", "momentum", 0.9, "methods.ft_adamw.momentum: not used by optimizer adamw (only by sgd, sgdp)"),
+    ("ft_adamw", "effective_lr", 0.1, "methods.ft_adamw.effective_lr: not used by optimizer adamw"),
+    ("ft_sgd", "spd_lambda", 0.5, "methods.ft_sgd.spd_lambda: not used by optimizer sgd (only by spd)"),
+    ("spd", "wd_ratio", 0.1, "methods.spd.wd_ratio: not used by optimizer spd (only by adamp, sgdp)"),
+])
+def test_keys_of_another_optimizer_are_errors(cfg, method, key, value, message):
+    cfg["methods"][method][key] = value
+    assert message in error_of(cfg)
+
+
+def test_grid_errors(cfg):
+    cfg["methods"]["spd"]["grid"] = {"spd_lambda": [0.3, 1.5]}
+    assert error_of(cfg) == "params.yaml: methods.spd.grid.spd_lambda[1]: 1.5 must be <= 1"
+    cfg["methods"]["spd"]["grid"] = {"spd_lambda": [0.3], "lr": [1e-4]}
+    assert error_of(cfg) == "params.yaml: methods.spd.lr: also swept in methods.spd.grid.lr; keep one"
+    cfg["methods"]["spd"]["grid"] = {"betas": [[0.9, 0.99]]}
+    assert error_of(cfg).startswith("params.yaml: methods.spd.grid.betas: unknown key")
+
+
+def test_soups_and_wise_ft_methods_are_checked(cfg):
+    bad = copy.deepcopy(cfg)
+    bad["soups"]["methods"] = ["ft_adamw", "lpft"]
+    assert "soups.methods: ingredients must share an initialisation" in error_of(bad)
+    bad = copy.deepcopy(cfg)
+    bad["wise_ft"]["methods"] = ["nope"]
+    assert error_of(bad) == "params.yaml: wise_ft.methods[0]: 'nope' is not in experiment.methods"
+
+
+def test_grid_points_and_run_names(cfg):
+    from pipeline.training.settings import grid_points, hp_names
+
+    cfg["methods"]["spd"]["grid"] = {"lr": [1e-4, 3e-5], "spd_lambda": [0.5, 1.0]}
+    del cfg["methods"]["spd"]["lr"]
+    validate(cfg)
+    assert hp_names(cfg["methods"]["spd"]) == ["lr0.0001_spd_lambda0.5", "lr0.0001_spd_lambda1",
+                                               "lr3e-05_spd_lambda0.5", "lr3e-05_spd_lambda1"]
+    assert grid_points(cfg["methods"]["ft_adamw"]) == [{}] and hp_names(cfg["methods"]["ft_adamw"]) == ["default"]
+    s = method_settings(cfg, "spd", "lr3e-05_spd_lambda1")
+    assert s["lr"] == 3e-5 and s["spd_lambda"] == 1.0 and "grid" not in s
+    with pytest.raises(KeyError, match="lr0.0001_spd_lambda0.5"):
+        method_settings(cfg, "spd", "lr1")
 
 
 def test_reserved_method_name(cfg):

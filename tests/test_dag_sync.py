@@ -18,6 +18,18 @@ def test_committed_dvc_yaml_is_fresh_render():
     assert (REPO / "dvc.yaml").read_text() == fresh, "dvc.yaml is stale: run `python -m pipeline export-dvc`"
 
 
+def test_a_grid_is_in_the_paths_not_in_the_tracked_params():
+    """Adding a grid value adds runs; the existing runs' tracked params (and so their results) stay valid."""
+    cfg = load_params(REPO / "params.yaml")
+    finetune = next(st for st in STAGES if st.name == "finetune")
+    before = {finetune.job_id(wc): finetune.param_values(cfg, wc) for wc in finetune.jobs(cfg)}
+    cfg["methods"]["spd"]["grid"]["spd_lambda"].append(0.1)
+    after = {finetune.job_id(wc): finetune.param_values(cfg, wc) for wc in finetune.jobs(cfg)}
+    assert set(before) < set(after) and len(after) - len(before) == len(cfg["experiment"]["seeds"])
+    assert all(after[j] == v for j, v in before.items())
+    assert all("grid" not in k for v in after.values() for k in v)
+
+
 def test_every_stage_depends_on_its_own_code():
     for st in STAGES:
         files = st.code_files()
@@ -42,14 +54,20 @@ def test_same_jobs_and_edges(graphs):
     assert s_nodes == expected
     assert d_nodes == expected
     assert s_edges == d_edges
-    assert ("linear_probe--digits--lite0", "finetune--digits--lite0--lpft--seed0") in s_edges
+    assert ("linear_probe--digits--lite0", "finetune--digits--lite0--lpft--default--seed0") in s_edges
     assert not any(b.startswith("finetune") and "ft_adamw" in b and a.startswith("linear_probe") for a, b in s_edges)
+    # every grid point of a soup's methods feeds the soup of its seed, and only that one
+    spd = [b for b in expected if b.startswith("finetune--digits--lite0--spd--") and b.endswith("seed1")]
+    assert len(spd) == len(cfg["methods"]["spd"].get("grid", {}).get("spd_lambda", [0]))
+    for run in spd:
+        feeds = {b for a, b in s_edges if a == run.replace("finetune", "evaluate", 1)}
+        assert "soup--digits--lite0--seed1" in feeds and "soup--digits--lite0--seed0" not in feeds
 
 
 def test_dvc_validates_params_before_every_stage(graphs):
     _, _, (nodes, edges) = graphs
     roots = {b for a, b in edges if a == CHECK_STAGE}
-    assert roots and all(r.startswith(("prepare_data", "backbone")) for r in roots)
+    assert roots and all(r.startswith(("prepare_data", "backbone", "lpft_theory")) for r in roots)
     # every other stage is downstream of a root
     downstream = set(roots)
     changed = True

@@ -62,3 +62,44 @@ def test_select_uses_named_split_and_breaks_ties_to_smaller_alpha():
     assert select(curve, "ood_val") == 0.0
     with pytest.raises(ValueError):
         select(curve, "nope")
+
+
+def soup_states(n: int) -> list[dict]:
+    g = torch.Generator().manual_seed(3)
+    return [{"w": torch.randn(3, 4, generator=g), "bn.n": torch.tensor(i)} for i in range(n)]
+
+
+def test_soups_of_one_model_reproduce_it_exactly():
+    from pipeline.ensembling.soup import greedy_soup, uniform_soup
+
+    (only,) = soup_states(1)
+    assert torch.equal(uniform_soup([only])["w"], only["w"])
+    soup, kept, score = greedy_soup(iter([only]), 0.7, lambda s: pytest.fail("nothing to score"))
+    assert torch.equal(soup["w"], only["w"]) and kept == [True] and score == 0.7
+
+
+def test_uniform_soup_is_the_mean_and_keeps_integer_buffers():
+    from pipeline.ensembling.soup import uniform_soup
+
+    states = soup_states(3)
+    soup = uniform_soup(iter(states))
+    assert torch.allclose(soup["w"], sum(s["w"] for s in states) / 3, atol=1e-7)
+    assert soup["w"].dtype == torch.float32 and torch.equal(soup["bn.n"], states[0]["bn.n"])
+
+
+def test_greedy_soup_adds_an_ingredient_only_if_id_val_strictly_improves():
+    from pipeline.ensembling.soup import greedy_soup
+
+    states = soup_states(4)
+    # The candidate's "accuracy" is a function of the averaged weights, so the test knows each outcome.
+    target = (states[0]["w"] + states[2]["w"]) / 2
+    calls = []
+
+    def score(s):
+        calls.append(s)
+        return 0.9 if torch.allclose(s["w"], target, atol=1e-6) else 0.5
+
+    soup, kept, best = greedy_soup(iter(states), 0.5, score)
+    # ingredient 1 ties (0.5 is not > 0.5): rejected; 2 improves; 3 does not.
+    assert kept == [True, False, True, False] and best == 0.9 and len(calls) == 3
+    assert torch.allclose(soup["w"], target, atol=1e-6)

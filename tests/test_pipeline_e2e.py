@@ -65,11 +65,11 @@ def test_full_run_then_nothing_to_do_then_targeted_reruns(project):
     run_cli(*snake, cwd=root, env=env)
     assert (root / "paper/main.pdf").stat().st_size > 10_000
     results = pd.read_csv(root / "results/report/results.csv")
-    assert set(results["method"]) == {"lp", "ft_adamw", "lpft"}
+    assert set(results["method"]) == {"lp", "ft_adamw", "lpft", "uniform_soup", "greedy_soup"}
     assert set(results["seed"]) == {0, 1}
     assert results["config_hash"].str.len().eq(12).all()
-    assert (root / "logs/finetune/digits/tiny/lpft/0.log").is_file()
-    assert (root / "benchmarks/finetune/digits/tiny/lpft/0.tsv").is_file()
+    assert (root / "logs/finetune/digits/tiny/lpft/default/0.log").is_file()
+    assert (root / "benchmarks/finetune/digits/tiny/lpft/default/0.tsv").is_file()
 
     # nothing to do, for either runner
     assert "Nothing to be done" in run_cli(*snake, "-n", cwd=root, env=env).stdout
@@ -81,7 +81,7 @@ def test_full_run_then_nothing_to_do_then_targeted_reruns(project):
     # one method's learning rate changes: only its jobs and their downstream re-run
     cfg["methods"]["ft_adamw"]["lr"] = cfg["methods"]["ft_adamw"]["lr"] * 2
     (root / "params.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    expected = Counter({"finetune": 2, "evaluate": 2, "wise_ft": 2, "report": 1, "paper": 1})
+    expected = Counter({"finetune": 2, "evaluate": 2, "wise_ft": 2, "soup": 2, "report": 1, "paper": 1})
     assert snakemake_jobs(run_cli(*snake, "-n", cwd=root, env=env).stdout) == expected
     ran = dvc_ran(run_cli("make", "-f", str(REPO / "Makefile"), "repro", f"VENV={BIN.parent}", cwd=root,
                           env=env).stdout)

@@ -9,11 +9,12 @@ from pipeline.data.prepare import main as prepare_main
 from pipeline.data.shards import PreparedDataset
 from pipeline.models.backbone import create_model, load_state, normalization
 from pipeline.models.weights import main as backbone_main
-from pipeline.training.finetune import init_head, main as finetune_main
+from pipeline.models.backbone import init_head
+from pipeline.training.finetune import main as finetune_main
 from pipeline.training.loop import LoopConfig, NonFiniteLossError, set_bn_mode, train
-from pipeline.training.optim import build_optimizer
+from pipeline.optimizers.factory import build_optimizer
 
-RUN = "results/digits/tiny/ft_adamw/seed0"
+RUN = "results/digits/tiny/ft_adamw/default/seed0"
 
 
 @pytest.fixture
@@ -85,7 +86,7 @@ def test_nan_loss_writes_no_results(prepared):
     cfg["methods"]["ft_adamw"]["momentum"] = 0.9
     (prepared / "params.yaml").write_text(yaml.safe_dump(cfg))
     with pytest.raises(NonFiniteLossError, match="ft_adamw"):
-        finetune_main(["--dataset", "digits", "--model", "tiny", "--method", "ft_adamw", "--seed", "0"])
+        finetune_main(["--dataset", "digits", "--model", "tiny", "--method", "ft_adamw", "--hp", "default", "--seed", "0"])
     assert not (prepared / RUN).exists() or not any((prepared / RUN).iterdir())
 
 
@@ -105,7 +106,7 @@ def test_lp_head_initialisation(prepared, tmp_path):
 
 
 def test_finetune_stage_main_and_selection(prepared):
-    assert finetune_main(["--dataset", "digits", "--model", "tiny", "--method", "ft_adamw", "--seed", "0"]) == 0
+    assert finetune_main(["--dataset", "digits", "--model", "tiny", "--method", "ft_adamw", "--hp", "default", "--seed", "0"]) == 0
     run = json.loads((prepared / RUN / "run.json").read_text())
     hist = pd.read_csv(prepared / RUN / "history.csv")
     assert run["selected_epoch"] in (0, 1) and len(run["config_hash"]) == 12
@@ -117,9 +118,56 @@ def test_finetune_stage_main_and_selection(prepared):
 
 
 def test_finetune_is_deterministic(prepared):
-    args = ["--dataset", "digits", "--model", "tiny", "--method", "ft_adamw", "--seed", "1"]
+    args = ["--dataset", "digits", "--model", "tiny", "--method", "ft_adamw", "--hp", "default", "--seed", "1"]
     finetune_main(args)
-    first = load_state(prepared / "results/digits/tiny/ft_adamw/seed1/model.safetensors")
+    first = load_state(prepared / "results/digits/tiny/ft_adamw/default/seed1/model.safetensors")
     finetune_main(args)
-    second = load_state(prepared / "results/digits/tiny/ft_adamw/seed1/model.safetensors")
+    second = load_state(prepared / "results/digits/tiny/ft_adamw/default/seed1/model.safetensors")
     assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def run_method(method: str, hp: str = "default", seed: int = 0) -> str:
+    assert finetune_main(["--dataset", "digits", "--model", "tiny", "--method", method, "--hp", hp,
+                          "--seed", str(seed)]) == 0
+    return f"results/digits/tiny/{method}/{hp}/seed{seed}"
+
+
+def test_freeze_embed_run_keeps_the_embedding_pretrained(prepared):
+    run = run_method("freeze_embed")
+    info = json.loads((prepared / run / "run.json").read_text())
+    assert info["frozen_groups"] == ["stem", "blocks.0"] and 0 < info["frozen_fraction"] < 0.5
+    assert info["effective_lr"] == pytest.approx(0.01) and info["lr"] == pytest.approx(0.001)
+    pretrained, tuned = load_state(prepared / "data/weights/tiny.safetensors"), load_state(prepared / run /
+                                                                                           "model.safetensors")
+    layers = pd.read_csv(prepared / run / "layers.csv")
+    frozen = layers[layers["frozen"]]
+    assert set(frozen["group"]) == {"stem", "blocks.0"} and (frozen["delta_norm"] == 0).all()
+    assert all(torch.equal(tuned[n], pretrained[n]) for n in frozen["param"])
+    if info["selected_epoch"] > 0:   # the rest moved
+        assert (layers.loc[~layers["frozen"], "delta_norm"] > 0).any()
+
+
+@pytest.mark.parametrize("method, hp", [("spd", "spd_lambda0.3"), ("adamp", "default"), ("sgdp", "default"),
+                                        ("l2sp", "l2sp_alpha0.1"), ("ft_sgd", "default")])
+def test_every_method_runs_through_the_stage(prepared, method, hp):
+    run = run_method(method, hp)
+    info = json.loads((prepared / run / "run.json").read_text())
+    assert info["hp"] == hp and info["optimizer"] == json.loads(
+        json.dumps(info["settings"]))["optimizer"]
+    layers = pd.read_csv(prepared / run / "layers.csv")
+    assert set(layers["method"]) == {method} and set(layers["hp"]) == {hp}
+    # SPD records, per tensor of the backbone, how often its projection applied; others record nothing.
+    spd = layers["spd_projected"]
+    if method == "spd":
+        body = layers[~layers["param"].str.startswith("classifier")]
+        assert body["spd_projected"].between(0, 1).all() and spd.notna().sum() == len(body)
+    else:
+        assert spd.isna().all()
+
+
+def test_unknown_grid_point_is_a_params_error(prepared):
+    from pipeline.config import ParamsError
+
+    with pytest.raises(ParamsError, match=r"methods.spd: no grid point 'spd_lambda0.5' \(its runs: spd_lambda0.3"):
+        finetune_main(["--dataset", "digits", "--model", "tiny", "--method", "spd", "--hp", "spd_lambda0.5",
+                       "--seed", "0"])

@@ -1,10 +1,12 @@
 """Stage ``wise_ft``: evaluate WiSE-FT interpolations of one fine-tuned run over the alpha grid.
 
 Inputs: ``data/prepared/{dataset}``, ``data/weights/{model}.safetensors`` (theta_0),
-``.../seed{seed}/model.safetensors`` (theta_1), the LP head for LP-FT runs.
+``.../{hp}/seed{seed}/model.safetensors`` (theta_1), the LP head for LP-FT runs, and the run's
+``metrics.csv`` from ``evaluate``, which already holds alpha = 1 (theta_1 itself).
 Output: ``.../seed{seed}/wise_ft.csv``: tidy rows for every alpha (selection ``grid``),
 repeated for the alpha chosen on ID val (``id_val``) and, labelled as an oracle,
 the alpha chosen on OOD val (``ood_val_oracle``).
+Runs for the methods in ``wise_ft.methods`` (default: all).
 Params: ``wise_ft.alphas``, ``evaluate.batch_size``, ``models.{model}``, ``methods.{method}.init``.
 """
 from __future__ import annotations
@@ -19,7 +21,8 @@ from pipeline.ensembling.interpolate import interpolate, pretrained_endpoint
 from pipeline.evaluation.metrics import ALL_DOMAINS, tidy
 from pipeline.evaluation.predict import evaluate_model
 from pipeline.io import progress, write_csv
-from pipeline.models.backbone import head_names, load_state, model_from_config, normalization
+from pipeline.models.backbone import default_device, head_names, load_state, model_from_config, normalization
+from pipeline.evaluation.metrics import read_tidy
 
 log = logging.getLogger(__name__)
 
@@ -36,19 +39,23 @@ def main(argv: list[str] | None = None) -> int:
     job = parse_job("wise_ft", argv)
     cfg, wc = job.cfg, job.wildcards
     data = PreparedDataset(job.inputs["data"])
-    model = model_from_config(cfg["models"][wc["model"]], data.num_classes, None).eval()
+    model = model_from_config(cfg["models"][wc["model"]], data.num_classes, None).to(default_device()).eval()
     mean, std = normalization(model)
     theta1 = load_state(job.inputs["model"])
     lp_head = load_state(job.inputs["lp_head"]) if "lp_head" in job.inputs else None
     theta0, keep = pretrained_endpoint(load_state(job.inputs["weights"]), theta1, head_names(model), lp_head)
 
     batch = cfg.get("evaluate", {}).get("batch_size", 256)
+    ids = dict(dataset=wc["dataset"], model=wc["model"], method=wc["method"], hp=wc["hp"], seed=job.seed)
     frames = []
     for alpha in progress(sorted(cfg["wise_ft"]["alphas"]), desc="wise-ft"):
+        if alpha == 1.0:   # theta_1 itself, already scored by `evaluate`
+            frames.append(read_tidy([job.inputs["metrics"]]).assign(alpha=1.0, selection="grid",
+                                                                     config_hash=job.config_hash))
+            continue
         model.load_state_dict(interpolate(theta0, theta1, alpha, keep), strict=True)
         rows = evaluate_model(model, data, mean, std, batch)
-        frames.append(tidy(rows, dataset=wc["dataset"], model=wc["model"], method=wc["method"], seed=job.seed,
-                           alpha=alpha, selection="grid", config_hash=job.config_hash))
+        frames.append(tidy(rows, **ids, alpha=alpha, selection="grid", config_hash=job.config_hash))
     curve = pd.concat(frames, ignore_index=True)
     val_split = data.info.get("val_split", "id_val")
     ood_val = next((s for s in data.info.get("ood_splits", []) if s.endswith("val")), None)

@@ -1,6 +1,6 @@
 """Stage ``evaluate``: accuracy of one fine-tuned model on every split and domain.
 
-Inputs: ``data/prepared/{dataset}``, ``results/{dataset}/{model}/{method}/seed{seed}/model.safetensors``.
+Inputs: ``data/prepared/{dataset}``, ``results/{dataset}/{model}/{method}/{hp}/seed{seed}/model.safetensors``.
 Output: ``.../seed{seed}/metrics.csv`` (tidy rows, :mod:`pipeline.evaluation.metrics`).
 Params: ``evaluate.batch_size``, ``models.{model}`` (architecture).
 """
@@ -11,14 +11,14 @@ from pipeline.data.shards import PreparedDataset
 from pipeline.evaluation.metrics import tidy
 from pipeline.evaluation.predict import evaluate_model
 from pipeline.io import write_csv
-from pipeline.models.backbone import load_state, model_from_config, normalization
+from pipeline.models.backbone import default_device, load_state, model_from_config, normalization
 
 
 def load_finetuned(model_cfg: dict, num_classes: int, path: str):
-    """Architecture from the config, every tensor from the fine-tuned checkpoint (strict)."""
+    """Architecture from the config, every tensor from the fine-tuned checkpoint (strict), on the job's device."""
     model = model_from_config(model_cfg, num_classes, None)
     model.load_state_dict(load_state(path), strict=True)
-    return model.eval()
+    return model.to(default_device()).eval()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,5 +29,5 @@ def main(argv: list[str] | None = None) -> int:
     mean, std = normalization(model)
     rows = evaluate_model(model, data, mean, std, job.cfg.get("evaluate", {}).get("batch_size", 256))
     write_csv(job.outputs["metrics"], tidy(rows, dataset=wc["dataset"], model=wc["model"], method=wc["method"],
-                                           seed=job.seed, config_hash=job.config_hash))
+                                           hp=wc["hp"], seed=job.seed, config_hash=job.config_hash))
     return 0

@@ -15,7 +15,8 @@ def predict_logits(model: nn.Module, images: np.ndarray, mean, std, batch_size: 
     """Logits (or features, for a headless model) of uint8 NHWC images, model in eval mode."""
     was_training = model.training
     model.eval()
-    out = [model(to_float(images[sl], mean, std)) for sl in batches(len(images), batch_size)]
+    device = next(model.parameters()).device
+    out = [model(to_float(images[sl], mean, std).to(device)).float().cpu() for sl in batches(len(images), batch_size)]
     model.train(was_training)
     return torch.cat(out) if out else torch.empty(0)
 

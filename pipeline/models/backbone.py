@@ -107,3 +107,26 @@ def head_names(model: nn.Module) -> tuple[str, str]:
     """Names of the classifier's weight and bias in ``model.state_dict()``."""
     prefix = model.default_cfg["classifier"]
     return f"{prefix}.weight", f"{prefix}.bias"
+
+
+def default_device() -> torch.device:
+    """The job's device: ``PIPELINE_DEVICE`` if set, else the first CUDA GPU, else the CPU."""
+    import os
+
+    name = os.environ.get("PIPELINE_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def init_head(model: nn.Module, init: str, lp_head: str | None) -> None:
+    """Fresh small head (timm's tf_ init starts at loss ~5.7) or the LP solution (LP-FT)."""
+    w_name, b_name = head_names(model)
+    state = model.state_dict()
+    if init == "lp":
+        head = load_state(lp_head)
+        if head["weight"].shape != state[w_name].shape:
+            raise ValueError(f"LP head {tuple(head['weight'].shape)} does not fit classifier "
+                             f"{tuple(state[w_name].shape)}")
+        new = {w_name: head["weight"], b_name: head["bias"]}
+    else:
+        new = {w_name: torch.randn_like(state[w_name]) * 0.01, b_name: torch.zeros_like(state[b_name])}
+    model.load_state_dict(new, strict=False)

@@ -2,15 +2,24 @@
 
 Every result file shares :data:`pipeline.evaluation.metrics.COLUMNS`, so the
 report concatenates them and works on one long frame. A *table row* is one
-model-selection outcome of one method: the linear probe, each fine-tuning
-method, WiSE-FT with alpha chosen on ID val, and (reported apart) WiSE-FT with
-alpha chosen on OOD val (an oracle, not a valid selection rule).
+model-selection outcome:
 
-Per seed, the ID score of a metric is its value on ``report.id_split`` (domain
-``all``); the OOD score is the unweighted mean over the OOD domains of
-``report.ood_split``, so a large domain cannot hide a weak one. A metric with
-no per-domain rows (e.g. a worst-group score) falls back to domain ``all``.
-Seeds are then summarised as mean, std (ddof=1, NaN for one seed) and n.
+* ``lp``: the linear probe (C chosen on ID val);
+* ``ft``: each fine-tuning method at the grid point chosen on ID val;
+* ``soup``: the uniform and greedy soups;
+* ``wise_ft``: WiSE-FT of the chosen grid point, alpha chosen on ID val;
+* reported apart as oracles (not valid selection rules): ``hp_oracle``, the grid
+  point chosen on OOD val (methods with more than one grid point), and
+  ``oracle``, WiSE-FT with alpha chosen on OOD val.
+
+A grid point is chosen by its mean over seeds of the selection metric on
+``report.val_split`` (ID) or ``report.ood_val_split`` (OOD, mean over domains);
+ties go to the earlier grid point. Per seed, the ID score of a metric is its
+value on ``report.id_split`` (domain ``all``); the OOD score is the unweighted
+mean over the OOD domains of ``report.ood_split``, so a large domain cannot hide
+a weak one. A metric with no per-domain rows (e.g. a worst-group score) falls
+back to domain ``all``. Seeds are then summarised as mean, std (ddof=1, NaN for
+one seed) and n.
 """
 from __future__ import annotations
 
@@ -20,65 +29,82 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.evaluation.metrics import ALL_DOMAINS, COLUMNS
+from pipeline.evaluation.metrics import ALL_DOMAINS, SORT_COLUMNS, read_tidy, sort_results  # noqa: F401 (re-exported)
 
-STRING_COLUMNS = ["dataset", "model", "method", "selection", "split", "domain", "metric", "config_hash"]
-SORT_COLUMNS = ["dataset", "model", "method", "seed", "selection", "alpha", "split", "domain", "metric"]
-# Table row kinds, in table order; the selection column of the tidy rows decides the kind.
-KINDS = ("lp", "ft", "wise_ft", "oracle")
-SELECTION_KINDS = {"": "ft", "id_val": "wise_ft", "ood_val_oracle": "oracle"}
-ROW_SUFFIX = {"lp": "", "ft": "", "wise_ft": "/wise_ft", "oracle": "/wise_ft_oracle"}
+# Table row kinds, in table order.
+KINDS = ("lp", "ft", "soup", "wise_ft", "hp_oracle", "oracle")
+ORACLE_KINDS = ("hp_oracle", "oracle")
+ROW_SUFFIX = {"lp": "", "ft": "", "soup": "", "wise_ft": "/wise_ft", "hp_oracle": "/oracle_hp",
+              "oracle": "/wise_ft_oracle"}
 LP_METHOD = "lp"
-SUMMARY_COLUMNS = ["dataset", "model", "kind", "method", "row", "label", "quantity", "mean", "std", "n"]
-
-
-def read_tidy(paths: list[str]) -> pd.DataFrame:
-    """Concatenate tidy metric CSVs, with stable dtypes, sorted."""
-    # Read names as strings: a domain or config hash made of digits must not turn into a number.
-    frames = [pd.read_csv(p, dtype={c: str for c in STRING_COLUMNS}, keep_default_na=False,
-                          na_values={"alpha": [""], "value": [""], "n": [""], "seed": [""]}) for p in paths]
-    if not frames:
-        return pd.DataFrame({c: pd.Series(dtype=float if c in ("alpha", "value") else object) for c in COLUMNS})
-    df = pd.concat(frames, ignore_index=True)
-    missing = [c for c in COLUMNS if c not in df]
-    if missing:
-        raise ValueError(f"tidy metrics lack columns {missing} (files: {', '.join(paths[:3])}...)")
-    df = df[COLUMNS].copy()
-    df["seed"] = df["seed"].fillna(0).astype(int)
-    df["alpha"] = df["alpha"].astype(float)
-    df["value"] = df["value"].astype(float)
-    return sort_results(df)
-
-
-def sort_results(df: pd.DataFrame) -> pd.DataFrame:
-    return df.sort_values(SORT_COLUMNS, kind="stable", na_position="first").reset_index(drop=True)
+SOUP_METHODS = ("uniform_soup", "greedy_soup")
+DEFAULT_LABELS = {"lp": "LP", "uniform_soup": "Uniform soup", "greedy_soup": "Greedy soup"}
+SUMMARY_COLUMNS = ["dataset", "model", "kind", "method", "row", "label", "hp", "quantity", "mean", "std", "n"]
+SELECTION_DEFAULTS = {"val_split": "id_val", "ood_val_split": "ood_val", "selection_metric": "acc"}
 
 
 def read_runs(paths: list[str]) -> pd.DataFrame:
-    """One row per run.json: ids, optimizer, lr, effective lr, selected epoch, train time."""
+    """One row per run.json: ids, optimizer, lr, effective lr, frozen fraction, selected epoch, train time."""
     rows = []
     for p in paths:
         run = json.loads(Path(p).read_text())
         settings = run.get("settings") or {}
         rows.append({"dataset": run["dataset"], "model": run["model"], "method": run["method"],
-                     "seed": int(run["seed"]), "optimizer": settings.get("optimizer"), "lr": settings.get("lr"),
-                     "effective_lr": run.get("effective_lr"), "selected_epoch": run.get("selected_epoch"),
+                     "hp": run.get("hp", ""), "seed": int(run["seed"]), "optimizer": settings.get("optimizer"),
+                     "lr": run.get("lr", settings.get("lr")), "effective_lr": run.get("effective_lr"),
+                     "frozen_fraction": run.get("frozen_fraction", 0.0), "selected_epoch": run.get("selected_epoch"),
                      "train_seconds": run.get("train_seconds")})
-    return pd.DataFrame(rows, columns=["dataset", "model", "method", "seed", "optimizer", "lr", "effective_lr",
-                                       "selected_epoch", "train_seconds"])
+    return pd.DataFrame(rows, columns=["dataset", "model", "method", "hp", "seed", "optimizer", "lr", "effective_lr",
+                                       "frozen_fraction", "selected_epoch", "train_seconds"])
 
 
 def row_label(kind: str, method: str, labels: dict[str, str]) -> str:
-    """Display name of a table row, e.g. ``FT (AdamW) + WiSE-FT (oracle)``."""
-    base = labels.get(method, "LP" if method == LP_METHOD else method)
-    return {"lp": base, "ft": base, "wise_ft": f"{base} + WiSE-FT", "oracle": f"{base} + WiSE-FT (oracle)"}[kind]
+    """Display name of a table row, e.g. ``FT (AdamW) + WiSE-FT (alpha on OOD val)``."""
+    base = labels.get(method, DEFAULT_LABELS.get(method, method))
+    return {"lp": base, "ft": base, "soup": base, "wise_ft": f"{base} + WiSE-FT",
+            "hp_oracle": f"{base}, grid point on OOD val", "oracle": f"{base} + WiSE-FT, alpha on OOD val"}[kind]
 
 
-def assign_rows(df: pd.DataFrame) -> pd.DataFrame:
-    """Add ``kind`` and ``row`` to tidy rows; drop rows of no table row (the WiSE-FT grid)."""
-    kind = np.where(df["method"] == LP_METHOD, "lp", df["selection"].map(SELECTION_KINDS).fillna(""))
-    out = df.assign(kind=kind)
-    out = out[out["kind"] != ""]
+def select_grid_points(df: pd.DataFrame, report_cfg: dict) -> pd.DataFrame:
+    """Per (dataset, model, method): the grid point chosen on ID val and, as an oracle, on OOD val.
+
+    Columns: dataset, model, method, id_hp, ood_hp, n_points.
+    """
+    cfg = {**SELECTION_DEFAULTS, **report_cfg}
+    runs = df[(df["selection"] == "") & ~df["method"].isin((LP_METHOD, *SOUP_METHODS))]
+    keys = ["dataset", "model", "method", "hp"]
+    long = per_seed_scores(runs, keys + ["seed"], cfg["val_split"], cfg["ood_val_split"])
+    # Grid order = order of first appearance in the run list (params order), for tie-breaking.
+    order = {k: i for i, k in enumerate(dict.fromkeys(map(tuple, runs[keys].to_numpy())))}
+    means = long.groupby(keys + ["quantity"], sort=False)["value"].mean().reset_index()
+    out = []
+    for (d, mo, me), part in means.groupby(["dataset", "model", "method"], sort=False):
+        row = {"dataset": d, "model": mo, "method": me, "n_points": part["hp"].nunique()}
+        for side, quantity in (("id_hp", "id_"), ("ood_hp", "ood_")):
+            cand = part[part["quantity"] == quantity + cfg["selection_metric"]]
+            if cand.empty:
+                row[side] = None if side == "ood_hp" else part["hp"].iloc[0]
+                continue
+            cand = cand.assign(_o=[order[(d, mo, me, h)] for h in cand["hp"]])
+            row[side] = cand.sort_values(["value", "_o"], ascending=[False, True])["hp"].iloc[0]
+        out.append(row)
+    return pd.DataFrame(out, columns=["dataset", "model", "method", "id_hp", "ood_hp", "n_points"])
+
+
+def assign_rows(df: pd.DataFrame, chosen: pd.DataFrame) -> pd.DataFrame:
+    """The tidy rows of every table row, with ``kind`` and ``row`` added."""
+    key = ["dataset", "model", "method"]
+    m = df.merge(chosen, on=key, how="left")
+    plain, swept = m["selection"] == "", m["n_points"].fillna(1) > 1
+    parts = [
+        m[m["method"] == LP_METHOD].assign(kind="lp"),
+        m[plain & m["method"].isin(SOUP_METHODS)].assign(kind="soup"),
+        m[plain & (m["hp"] == m["id_hp"])].assign(kind="ft"),
+        m[(m["selection"] == "id_val") & (m["hp"] == m["id_hp"])].assign(kind="wise_ft"),
+        m[plain & swept & (m["hp"] == m["ood_hp"])].assign(kind="hp_oracle"),
+        m[(m["selection"] == "ood_val_oracle") & (m["hp"] == m["id_hp"])].assign(kind="oracle"),
+    ]
+    out = pd.concat(parts, ignore_index=True)[list(df.columns) + ["kind"]]
     return out.assign(row=out["method"] + out["kind"].map(ROW_SUFFIX))
 
 
@@ -107,26 +133,31 @@ def _mean_std_n(long: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 def summarise(df: pd.DataFrame, report_cfg: dict, methods: list[str] | None = None) -> pd.DataFrame:
     """Mean/std/n over seeds of every quantity of every table row, in table order.
 
-    WiSE-FT rows also get ``alpha`` (the chosen mixing weight) as a quantity.
+    WiSE-FT rows also get ``alpha`` (the chosen mixing weight) as a quantity; ``hp``
+    names the grid point(s) a row comes from.
     """
     id_split, ood_split = report_cfg.get("id_split", "id_test"), report_cfg.get("ood_split", "ood_test")
-    rows = assign_rows(df)
+    rows = assign_rows(df, select_grid_points(df, report_cfg))
     keys = ["dataset", "model", "kind", "method", "row"]
     long = per_seed_scores(rows, keys + ["seed"], id_split, ood_split)
     alphas = (rows[rows["kind"].isin(["wise_ft", "oracle"])].groupby(keys + ["seed"], sort=False)["alpha"]
               .first().reset_index().rename(columns={"alpha": "value"}).assign(quantity="alpha"))
     summary = _mean_std_n(pd.concat([long, alphas], ignore_index=True), keys)
+    hps = rows.groupby(keys, sort=False)["hp"].agg(lambda v: ",".join(dict.fromkeys(v))).rename("hp")
+    summary = summary.merge(hps.reset_index(), on=keys, how="left")
     labels = report_cfg.get("labels") or {}
     summary["label"] = [row_label(k, m, labels) for k, m in zip(summary["kind"], summary["method"])]
-    order = _method_order(summary["method"], methods)
+    order = _method_order(summary["method"], [*(methods or []), *SOUP_METHODS])
     summary = summary.assign(_k=summary["kind"].map(KINDS.index), _m=summary["method"].map(order))
     summary = summary.sort_values(["dataset", "model", "_k", "_m", "quantity"], kind="stable")
     return summary[SUMMARY_COLUMNS].reset_index(drop=True)
 
 
 def wise_ft_curves(df: pd.DataFrame, report_cfg: dict) -> pd.DataFrame:
-    """Mean/std/n over seeds per (dataset, model, method, alpha) of the WiSE-FT grid."""
-    grid = df[df["selection"] == "grid"]
+    """Mean/std/n over seeds per (dataset, model, method, alpha) of the WiSE-FT grid, at the chosen grid point."""
+    chosen = select_grid_points(df, report_cfg)[["dataset", "model", "method", "id_hp"]]
+    grid = df[df["selection"] == "grid"].merge(chosen, on=["dataset", "model", "method"])
+    grid = grid[grid["hp"] == grid["id_hp"]]
     keys = ["dataset", "model", "method", "alpha"]
     long = per_seed_scores(grid, keys + ["seed"], report_cfg.get("id_split", "id_test"),
                            report_cfg.get("ood_split", "ood_test"))

@@ -27,6 +27,8 @@ PNG_DPI = 150
 PDF_METADATA = {"CreationDate": None, "ModDate": None}
 PNG_METADATA = {"Software": None}
 LP_COLOR = "black"
+SOUP_COLORS = {"uniform_soup": "dimgrey", "greedy_soup": "darkgoldenrod"}
+MARKERS = {"lp": "s", "ft": "o", "soup": "D", "wise_ft": "*"}
 
 # fontTools logs every font subset at INFO, which would bury the stage's own log lines.
 logging.getLogger("fontTools").setLevel(logging.WARNING)
@@ -52,13 +54,13 @@ def _draw_pair(ax, summary: pd.DataFrame, curves: pd.DataFrame, methods: list[st
             ax.annotate(rf"$\alpha$={c.index[0]:g}", (x.iloc[0], y.iloc[0]), xytext=(-3, 3),
                         textcoords="offset points", ha="right", fontsize=6, color=colors[m])
     for r in summary.drop_duplicates("row").itertuples(index=False):
-        if r.kind not in ("lp", "ft", "wise_ft"):
-            continue  # the oracle is in the table; as a point it would suggest an attainable model
+        if r.kind not in MARKERS:
+            continue  # oracles are in the table; as points they would suggest attainable models
         (x, xerr), (y, yerr) = _stat(summary, r.row, "id_acc"), _stat(summary, r.row, "ood_acc")
         if math.isnan(x) or math.isnan(y):
             continue
-        color = LP_COLOR if r.kind == "lp" else colors[r.method]
-        marker = {"lp": "s", "ft": "o", "wise_ft": "*"}[r.kind]
+        color = LP_COLOR if r.kind == "lp" else SOUP_COLORS.get(r.method) or colors.get(r.method, "grey")
+        marker = MARKERS[r.kind]
         size = 10 if r.kind == "wise_ft" else 6
         ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt=marker, ms=size, color=color, mec="white", mew=0.6,
                     capsize=2, elinewidth=0.8, zorder=3, label=r.label)
@@ -92,11 +94,12 @@ def id_vs_ood_figure(summary: pd.DataFrame, curves: pd.DataFrame, methods: list[
     return fig
 
 
-def save_figure(fig: Figure, pdf: str | Path, png: str | Path) -> None:
-    """Write the figure as PDF (paper) and PNG (dvc plots), atomically and without dates."""
+def save_figure(fig: Figure, pdf: str | Path, png: str | Path | None = None) -> None:
+    """Write the figure as PDF (paper) and optionally PNG (dvc plots), atomically and without dates."""
     # Some settings (e.g. pdf.fonttype) are read at save time, not when drawing.
     with matplotlib.style.context(["default", STYLE]):
         with atomic_path(pdf) as tmp:
             fig.savefig(tmp, format="pdf", metadata=PDF_METADATA)
-        with atomic_path(png) as tmp:
-            fig.savefig(tmp, format="png", dpi=PNG_DPI, metadata=PNG_METADATA)
+        if png is not None:
+            with atomic_path(png) as tmp:
+                fig.savefig(tmp, format="png", dpi=PNG_DPI, metadata=PNG_METADATA)

@@ -1,7 +1,8 @@
 """Stage ``paper``: compile ``paper/main.tex`` into ``paper/main.pdf`` with latexmk.
 
-Inputs: ``main`` (``paper/main.tex``), ``table`` (``paper/tables/results.tex``) and
-``figure`` (``paper/figures/id_vs_ood.pdf``), both written by the ``report`` stage.
+Inputs: ``main`` (``paper/main.tex``), the tables and figures of the ``report`` stage
+(``paper/tables/results.tex``, ``paper/figures/{id_vs_ood,grad_norms,layers}.pdf``) and
+``paper/tables/lpft_theory.tex`` of the ``lpft_theory`` stage.
 Output: ``pdf`` (``paper/main.pdf``). Params: none.
 
 latexmk runs with the paper's folder as working directory (so ``\\input{tables/...}``

@@ -2,10 +2,13 @@
 
 Inputs:
   ``lp``        ``results/{dataset}/{model}/lp/metrics.csv`` of every dataset/model
-  ``evaluate``  ``results/{dataset}/{model}/{method}/seed{seed}/metrics.csv`` of every run
+  ``evaluate``  ``results/{dataset}/{model}/{method}/{hp}/seed{seed}/metrics.csv`` of every run
   ``wise_ft``   ``.../seed{seed}/wise_ft.csv`` (alpha grid, plus the alphas chosen on ID val
                 and, as an oracle, on OOD val)
+  ``soup``      ``results/{dataset}/{model}/soup/seed{seed}/metrics.csv`` (uniform and greedy soups)
   ``runs``      ``.../seed{seed}/run.json`` (optimizer and learning rates for the table's note)
+  ``layers``    ``.../seed{seed}/layers.csv`` (per-layer change and SPD activity)
+  ``grad_norms`` ``results/{dataset}/{model}/grad_norms.csv`` (freeze-embed analysis)
   ``templates`` ``paper/templates/results_table.tex.j2``
 Outputs:
   ``results``    ``results/report/results.csv``: every tidy row, concatenated and sorted
@@ -13,8 +16,12 @@ Outputs:
                  (means over seeds, fractions) for ``dvc metrics show``
   ``table``      ``paper/tables/results.tex`` (``\\label{tab:results}``)
   ``figure``     ``paper/figures/id_vs_ood.pdf``; ``figure_png`` the same as PNG for ``dvc plots``
+  ``grad_norms`` ``paper/figures/grad_norms.pdf``: per-layer gradient norms at the start of fine-tuning
+  ``layers``     ``paper/figures/layers.pdf``: per-layer change from pretrained, SPD activity
 Params: ``report.title``, ``report.labels`` ({method: display name}), ``report.id_split``
-(default ``id_test``) and ``report.ood_split`` (default ``ood_test``).
+(default ``id_test``), ``report.ood_split`` (default ``ood_test``), and the selection
+split and metric of grid points (``val_split``, ``ood_val_split``, ``selection_metric``);
+``experiment.methods`` orders the rows.
 """
 from __future__ import annotations
 
@@ -22,8 +29,13 @@ import logging
 
 from pipeline.cli import parse_job
 from pipeline.io import write_csv, write_json, write_text
-from pipeline.reporting.aggregate import metrics_tree, read_runs, read_tidy, summarise, wise_ft_curves
+import pandas as pd
+
+from pipeline.analysis.grad_norms import grad_norms_figure
+from pipeline.reporting.aggregate import (metrics_tree, read_runs, read_tidy, select_grid_points, summarise,
+                                          wise_ft_curves)
 from pipeline.reporting.figures import id_vs_ood_figure, save_figure
+from pipeline.reporting.layer_figures import layer_summary, layers_figure, read_layers
 from pipeline.reporting.tables import render_table
 
 log = logging.getLogger(__name__)
@@ -40,18 +52,25 @@ def main(argv: list[str] | None = None) -> int:
     job = parse_job("report", argv)
     report_cfg = {**REPORT_DEFAULTS, **job.cfg.get("report", {})}
     methods = list(job.cfg["experiment"]["methods"])
-    results = read_tidy(_paths(job.inputs["lp"]) + _paths(job.inputs["evaluate"]) + _paths(job.inputs["wise_ft"]))
+    results = read_tidy(_paths(job.inputs["lp"]) + _paths(job.inputs["evaluate"]) + _paths(job.inputs["wise_ft"])
+                        + _paths(job.inputs.get("soup", [])))
     if results.empty:
         raise ValueError("report: no metric rows in the input CSVs")
     summary = summarise(results, report_cfg, methods)
+    chosen = select_grid_points(results, report_cfg)
     curves = wise_ft_curves(results, report_cfg)
     runs = read_runs(_paths(job.inputs["runs"]))
+    labels = report_cfg.get("labels") or {}
 
     write_csv(job.outputs["results"], results)
     write_json(job.outputs["metrics"], metrics_tree(summary))
     write_text(job.outputs["table"], render_table(_paths(job.inputs["templates"])[0], summary, runs, report_cfg,
-                                                  methods))
+                                                  methods, chosen))
     save_figure(id_vs_ood_figure(summary, curves, methods), job.outputs["figure"], job.outputs["figure_png"])
+    norms = pd.concat([pd.read_csv(p) for p in _paths(job.inputs["grad_norms"])], ignore_index=True)
+    save_figure(grad_norms_figure(norms), job.outputs["grad_norms"])
+    save_figure(layers_figure(layer_summary(read_layers(_paths(job.inputs["layers"])), chosen), labels, methods),
+                job.outputs["layers"])
     log.info("report: %d tidy rows, %d table rows -> %s", len(results), summary["row"].nunique(),
              ", ".join(job.outputs.values()))
     return 0

@@ -21,10 +21,13 @@ LATEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$",
                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
 _SPECIALS_RE = re.compile("|".join(re.escape(c) for c in LATEX_SPECIALS))
 # Headings of the row groups after the first (LP and plain fine-tuning).
-GROUP_HEADINGS = {"wise_ft": r"WiSE-FT, $\alpha$ selected on ID val",
+GROUP_HEADINGS = {"soup": r"Model soups, greedy order and acceptance on ID val",
+                  "wise_ft": r"WiSE-FT, $\alpha$ selected on ID val",
+                  "hp_oracle": r"Oracle: grid point selected on OOD val (not a valid selection rule)",
                   "oracle": r"Oracle: WiSE-FT, $\alpha$ selected on OOD val (not a valid selection rule)"}
 MISSING = "--"
-OPTIMIZER_NAMES = {"adamw": "AdamW", "adam": "Adam", "sgd": "SGD"}
+OPTIMIZER_NAMES = {"adamw": "AdamW", "adam": "Adam", "sgd": "SGD", "adamp": "AdamP", "sgdp": "SGDP",
+                   "spd": "Adam + SPD"}
 
 
 def latex_escape(value: object) -> str:
@@ -109,13 +112,18 @@ def _number(x: float) -> str:
     return f"{x:.0e}".replace("e-0", "e-").replace("e+0", "e") if x < 1e-2 else f"{x:g}"
 
 
-def settings_lines(runs: pd.DataFrame, labels: dict[str, str], methods: list[str]) -> list[str]:
-    """One LaTeX line per fine-tuning method: optimizer, lr and effective lr (from run.json)."""
+def settings_lines(runs: pd.DataFrame, labels: dict[str, str], methods: list[str],
+                   chosen: pd.DataFrame | None = None) -> list[str]:
+    """One LaTeX line per fine-tuning method: optimizer, lr (effective lr), frozen share, chosen grid point."""
     lines = []
     for m in methods:
         r = runs[runs["method"] == m]
         if r.empty:
             continue
+        grid = sorted(set(r["hp"]))
+        pick = chosen[chosen["method"] == m]["id_hp"] if chosen is not None else pd.Series(dtype=object)
+        if not pick.empty and pick.iloc[0] in grid:
+            r = r[r["hp"] == pick.iloc[0]]
         first = r.iloc[0]
         optimizer = first["optimizer"] or "?"
         text = f"{latex_escape(labels.get(m, m))}: {latex_escape(OPTIMIZER_NAMES.get(optimizer, optimizer))}"
@@ -124,6 +132,12 @@ def settings_lines(runs: pd.DataFrame, labels: dict[str, str], methods: list[str
             eff = first["effective_lr"]
             if eff is not None and not pd.isna(eff) and not math.isclose(float(eff), float(first["lr"])):
                 text += f" (effective {_number(float(eff))})"
+        frozen = first.get("frozen_fraction", 0.0)
+        if frozen and not pd.isna(frozen) and float(frozen) > 0:
+            text += f", {100 * float(frozen):.1f}\\% of weights frozen"
+        if len(grid) > 1:
+            text += (f", grid point \\texttt{{{latex_escape(first['hp'])}}} chosen on ID val "
+                     f"of {len(grid)}")
         lines.append(text)
     return lines
 
@@ -135,18 +149,19 @@ def _seeds_text(summary: pd.DataFrame) -> str:
     return f"mean $\\pm$ std over {'/'.join(map(str, ns))} seeds"
 
 
-def table_context(summary: pd.DataFrame, runs: pd.DataFrame, report_cfg: dict, methods: list[str]) -> dict:
+def table_context(summary: pd.DataFrame, runs: pd.DataFrame, report_cfg: dict, methods: list[str],
+                  chosen: pd.DataFrame | None = None) -> dict:
     """Everything the template needs; text fields are raw (the template escapes them)."""
     pairs = summary[["dataset", "model"]].drop_duplicates().itertuples(index=False)
     return {"title": report_cfg.get("title", ""), "id_split": report_cfg.get("id_split", "id_test"),
             "ood_split": report_cfg.get("ood_split", "ood_test"), "seeds": _seeds_text(summary),
             "blocks": [_block(summary, d, m) for d, m in pairs],
-            "settings": settings_lines(runs, report_cfg.get("labels") or {}, methods)}
+            "settings": settings_lines(runs, report_cfg.get("labels") or {}, methods, chosen)}
 
 
 def render_table(template: str | Path, summary: pd.DataFrame, runs: pd.DataFrame, report_cfg: dict,
-                 methods: list[str]) -> str:
+                 methods: list[str], chosen: pd.DataFrame | None = None) -> str:
     """Render ``template`` (a ``.tex.j2`` file) with the summary."""
     template = Path(template)
     env = make_environment(template.parent)
-    return env.get_template(template.name).render(**table_context(summary, runs, report_cfg, methods))
+    return env.get_template(template.name).render(**table_context(summary, runs, report_cfg, methods, chosen))

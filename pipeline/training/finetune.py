@@ -1,16 +1,21 @@
-"""Stage ``finetune``: fine-tune one (dataset, model, method, seed).
+"""Stage ``finetune``: fine-tune one (dataset, model, method, grid point, seed).
 
 Inputs: ``data/prepared/{dataset}``, ``data/weights/{model}.safetensors``, and for
 methods with ``init: lp`` (LP-FT) the linear-probe head ``results/{dataset}/{model}/lp/head.safetensors``.
-Outputs in ``results/{dataset}/{model}/{method}/seed{seed}/``: ``model.safetensors``
-(weights chosen on ID val), ``history.csv`` (per-epoch loss, lr, ID-val accuracy),
-``run.json`` (settings, effective lr, chosen epoch, timings, config hash).
-Params: ``finetune`` (defaults), ``methods.{method}`` (overrides), ``models.{model}``,
-``datasets.{dataset}`` (train augmentation).
+Outputs in ``results/{dataset}/{model}/{method}/{hp}/seed{seed}/``:
+  ``model.safetensors``  weights of the epoch chosen on ID val
+  ``history.csv``        per-epoch loss, lr and ID-val accuracy
+  ``run.json``           resolved settings, effective lr, frozen fraction, chosen epoch, timings, config hash
+  ``layers.csv``         per parameter tensor: layer group, frozen, its norm at the start and the
+                         distance the chosen weights moved from it, and (SPD) the fraction of
+                         steps its projection applied
+Params: ``finetune`` (defaults), ``methods.{method}`` (overrides; ``{hp}`` picks the grid
+point), ``models.{model}``, ``datasets.{dataset}`` (train augmentation).
 """
 from __future__ import annotations
 
 import logging
+import math
 import random
 
 import numpy as np
@@ -21,9 +26,12 @@ from torch import nn
 from pipeline.cli import parse_job
 from pipeline.data.shards import PreparedDataset
 from pipeline.io import write_csv, write_json
-from pipeline.models.backbone import head_names, load_state, model_from_config, normalization, save_state
+from pipeline.models.backbone import default_device, head_names, init_head, model_from_config, normalization, save_state
+from pipeline.models.layers import FreezeReport, freeze_bottom, layer_groups, resolve_freeze
+from pipeline.optimizers.factory import build_optimizer
+from pipeline.optimizers.l2sp import L2SP
+from pipeline.optimizers.spd import SPD
 from pipeline.training.loop import LoopConfig, train
-from pipeline.training.optim import build_optimizer
 from pipeline.training.settings import method_settings
 
 log = logging.getLogger(__name__)
@@ -36,51 +44,68 @@ def seed_everything(seed: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def init_head(model: nn.Module, init: str, lp_head: str | None) -> None:
-    """Fresh small head (timm's tf_ init starts at loss ~5.7) or the LP solution (LP-FT)."""
-    w_name, b_name = head_names(model)
-    state = model.state_dict()
-    if init == "lp":
-        head = load_state(lp_head)
-        if head["weight"].shape != state[w_name].shape:
-            raise ValueError(f"LP head {tuple(head['weight'].shape)} does not fit classifier "
-                             f"{tuple(state[w_name].shape)}")
-        new = {w_name: head["weight"], b_name: head["bias"]}
-    else:
-        new = {w_name: torch.randn_like(state[w_name]) * 0.01, b_name: torch.zeros_like(state[b_name])}
-    model.load_state_dict(new, strict=False)
+def layer_table(model: nn.Module, start: dict[str, torch.Tensor], final: dict[str, torch.Tensor],
+                optimizer: torch.optim.Optimizer) -> pd.DataFrame:
+    """Per parameter tensor: group, size, frozen, ||theta_0||, ||theta - theta_0||, SPD projection rate."""
+    try:
+        group_of = {n: g for g, names in layer_groups(model) for n in names}
+    except ValueError:   # a family without layer groups: the table still has every tensor
+        group_of = {}
+    projected = dict(optimizer.projection_fractions()) if isinstance(optimizer, SPD) else {}
+    rows = []
+    for name, p in model.named_parameters():
+        before, after = start[name].double(), final[name].double()
+        rows.append({"param": name, "group": group_of.get(name, ""), "numel": p.numel(), "frozen": not p.requires_grad,
+                     "init_norm": float(before.norm()), "delta_norm": float((after - before).norm()),
+                     "spd_projected": projected.get(name, math.nan)})
+    return pd.DataFrame(rows)
 
 
 def main(argv: list[str] | None = None) -> int:
     job = parse_job("finetune", argv)
     cfg, wc = job.cfg, job.wildcards
-    settings = method_settings(cfg, wc["method"])
+    settings = method_settings(cfg, wc["method"], wc["hp"])
     seed_everything(job.seed)
+    device = default_device()
 
     data = PreparedDataset(job.inputs["data"])
     model = model_from_config(cfg["models"][wc["model"]], data.num_classes, job.inputs["weights"])
     init_head(model, settings["init"], job.inputs.get("lp_head"))
-    optimizer, info = build_optimizer(model, settings)
+    model.to(device)
+    start = {k: v.detach().to("cpu", copy=True) for k, v in model.named_parameters()}
+    k = resolve_freeze(settings["freeze"])
+    # k = 0 needs no layer groups, so any timm family fine-tunes without freezing.
+    freeze = freeze_bottom(model, k) if k else FreezeReport(0, 0, sum(p.numel() for p in model.parameters()), 0.0, [])
+    head = head_names(model)
+    optimizer, info = build_optimizer(model, settings, head, device)
+    l2sp = L2SP(model, settings["l2sp_alpha"], settings["l2sp_beta"], head)
     mean, std = normalization(model)
     augment = cfg["datasets"][wc["dataset"]].get("train_augment", {})
     loop_cfg = LoopConfig(epochs=settings["epochs"], batch_size=settings["batch_size"],
                           warmup_epochs=settings["warmup_epochs"], label_smoothing=settings["label_smoothing"],
                           grad_clip=settings["grad_clip"], bn=settings["bn"], seed=job.seed,
                           crop_scale=tuple(augment.get("crop_scale", (1.0, 1.0))), hflip=augment.get("hflip", False),
-                          name=wc["method"])
-    log.info("%s: %s, lr %g (effective %s), %d trainable / %d frozen params", wc["method"], info.name, info.lr,
-             info.effective_lr, info.trainable_params, info.frozen_params)
+                          name=f"{wc['method']}/{wc['hp']}")
+    log.info("%s/%s on %s: %s, lr %g (effective %s), %d trainable params, %d frozen (%.1f%%: %s)", wc["method"],
+             wc["hp"], device, info.name, info.lr, info.effective_lr, info.trainable_params, info.frozen_params,
+             100 * freeze.fraction, ", ".join(freeze.frozen_groups) or "nothing")
     result = train(model, optimizer, data.split(data.info.get("train_split", "train")),
-                   data.split(data.info.get("val_split", "id_val")), mean, std, loop_cfg)
+                   data.split(data.info.get("val_split", "id_val")), mean, std, loop_cfg,
+                   after_backward=l2sp.add_grad_ if l2sp.body or l2sp.head else None)
 
     save_state(result.best_state, job.outputs["model"], metadata={"config_hash": job.config_hash,
                                                                   "epoch": str(result.best_epoch)})
     write_csv(job.outputs["history"], pd.DataFrame(result.history).assign(
-        method=wc["method"], seed=job.seed, config_hash=job.config_hash))
+        method=wc["method"], hp=wc["hp"], seed=job.seed, config_hash=job.config_hash))
+    write_csv(job.outputs["layers"], layer_table(model, start, result.best_state, optimizer).assign(
+        dataset=wc["dataset"], model=wc["model"], method=wc["method"], hp=wc["hp"], seed=job.seed,
+        config_hash=job.config_hash))
     write_json(job.outputs["run"], {
-        **wc, "seed": job.seed, "config_hash": job.config_hash, "settings": settings,
-        "optimizer": info.name, "effective_lr": info.effective_lr, "trainable_params": info.trainable_params,
-        "frozen_params": info.frozen_params, "selected_epoch": result.best_epoch,
-        "selected_id_val_acc": result.best_val_acc, "train_seconds": round(result.seconds, 2)})
+        **wc, "seed": job.seed, "config_hash": job.config_hash, "settings": settings, "device": str(device),
+        "optimizer": info.name, "lr": info.lr, "effective_lr": info.effective_lr,
+        "trainable_params": info.trainable_params, "frozen_params": info.frozen_params,
+        "frozen_fraction": freeze.fraction, "frozen_groups": list(freeze.frozen_groups),
+        "selected_epoch": result.best_epoch, "selected_id_val_acc": result.best_val_acc,
+        "train_seconds": round(result.seconds, 2)})
     log.info("selected epoch %d (id_val acc %.4f) in %.1fs", result.best_epoch, result.best_val_acc, result.seconds)
     return 0

@@ -72,5 +72,6 @@ def main(argv: list[str] | None = None) -> int:
                metadata={"C": repr(row.C), "config_hash": job.config_hash})
     write_csv(job.outputs["sweep"], sweep_table(result))
     write_csv(job.outputs["metrics"], tidy(split_rows(result, splits, meta), dataset=wc["dataset"],
-                                           model=wc["model"], method="lp", seed=0, config_hash=job.config_hash))
+                                           model=wc["model"], method="lp", hp=f"C{row.C:.3g}", seed=0,
+                                           config_hash=job.config_hash))
     return 0

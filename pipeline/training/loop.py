@@ -7,11 +7,11 @@ weights are kept (model selection on ID val, never on test or OOD data).
 """
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -65,13 +65,23 @@ def set_bn_mode(model: nn.Module, mode: str) -> None:
                 m.eval()
 
 
+def cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of the weights on the CPU (the best epoch's copy must not cost accelerator memory)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
 def accuracy(model: nn.Module, split: SplitData, mean, std) -> float:
     return float((predict_logits(model, split.images, mean, std).argmax(1).numpy() == split.labels).mean())
 
 
 def train(model: nn.Module, optimizer: torch.optim.Optimizer, train_split: SplitData, val_split: SplitData,
-          mean, std, cfg: LoopConfig) -> LoopResult:
-    """Train and return the weights with the best ID-val accuracy (epoch 0 = the initial model)."""
+          mean, std, cfg: LoopConfig, after_backward: Callable[[], None] | None = None) -> LoopResult:
+    """Train and return the weights with the best ID-val accuracy (epoch 0 = the initial model).
+
+    ``after_backward`` runs between the backward pass and the step (e.g. to add
+    the L2-SP gradient before clipping, as if it were part of the loss).
+    """
+    device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(cfg.seed)
     n = len(train_split)
     labels = torch.tensor(train_split.labels)
@@ -83,7 +93,7 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, train_split: Split
 
     t0 = time.perf_counter()
     best_acc = accuracy(model, val_split, mean, std)
-    best_state, best_epoch = copy.deepcopy(model.state_dict()), 0
+    best_state, best_epoch = cpu_state(model), 0
     history = [{"epoch": 0, "step": 0, "lr": 0.0, "train_loss": math.nan, "id_val_acc": best_acc}]
     step = 0
     for epoch in range(1, cfg.epochs + 1):
@@ -93,14 +103,17 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, train_split: Split
         losses = []
         for i in progress(range(steps_per_epoch), desc=f"{cfg.name} epoch {epoch}/{cfg.epochs}", leave=False):
             idx = np.sort(order[i * cfg.batch_size:(i + 1) * cfg.batch_size].numpy())  # sorted: fast memmap reads
-            x = to_float(train_split.images[idx], mean, std)
-            x = random_resized_crop(x, cfg.crop_scale, gen, cfg.hflip)
-            loss = F.cross_entropy(model(x), labels[idx], label_smoothing=cfg.label_smoothing)
+            # Augmentation draws from the CPU generator, so a run is the same on any device.
+            x = random_resized_crop(to_float(train_split.images[idx], mean, std), cfg.crop_scale, gen, cfg.hflip)
+            loss = F.cross_entropy(model(x.to(device, non_blocking=True)), labels[idx].to(device),
+                                   label_smoothing=cfg.label_smoothing)
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(f"{cfg.name}: loss is {loss.item()} at step {step + 1} (epoch {epoch}); "
                                          "stopping, no results written (lower the learning rate?)")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if after_backward is not None:
+                after_backward()
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
@@ -112,5 +125,5 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, train_split: Split
                         "train_loss": float(np.mean(losses)), "id_val_acc": val_acc})
         log.info("%s epoch %d: train loss %.4f, id_val acc %.4f", cfg.name, epoch, np.mean(losses), val_acc)
         if val_acc > best_acc:
-            best_acc, best_epoch, best_state = val_acc, epoch, copy.deepcopy(model.state_dict())
+            best_acc, best_epoch, best_state = val_acc, epoch, cpu_state(model)
     return LoopResult(best_state, best_epoch, best_acc, history, time.perf_counter() - t0)

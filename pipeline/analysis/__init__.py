@@ -1,0 +1,1 @@
+"""Analyses outside the main pipeline: synthetic checks of the theory behind the methods."""

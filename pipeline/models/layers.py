@@ -1,0 +1,162 @@
+"""Ordered layer groups per architecture family, and freeze-embed.
+
+Freeze-embed (Kumar, Shen, Bubeck, Gunasekar, ICLR 2024) freezes the model's
+"embedding", i.e. the first ``k=2`` entries of an ordered input→output list of
+layers, and fine-tunes the rest with SGD. :func:`layer_groups` is that list for
+the timm families we use, chosen so that ``k=2`` matches the reference code
+(methods.md §1.4):
+
+* ViT: patch_embed + norm_pre (CLIP's ``ln_pre``; an empty group in plain ViTs,
+  kept so that k=2 means the same layers for every ViT). pos_embed/cls_token
+  stay trainable.
+* ConvNeXt: stem + stages[0]; ResNet / ResNetV2 (BiT): stem + first stage;
+  EfficientNet: stem + blocks[0].
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+FREEZE_ALIASES: dict[str, int] = {"none": 0, "patch_embed": 1, "embed": 2}
+
+# A group spec: (group name, module/parameter name prefixes owned by the group).
+Spec = list[tuple[str, list[str]]]
+
+
+def _n_children(model: nn.Module, attr: str) -> int:
+    return len(getattr(model, attr))
+
+
+def _vit_spec(model: nn.Module) -> Spec:
+    # The reference code lists pos_embed and cls_token as separate layers right after
+    # ln_pre; we keep them (and register tokens) together in one "tokens" group at
+    # index 2. Either way k<=2 leaves them trainable; only k>=3 ablations differ.
+    spec: Spec = [("patch_embed", ["patch_embed"]), ("norm_pre", ["norm_pre"]),
+                  ("tokens", ["cls_token", "pos_embed", "reg_token"])]
+    spec += [(f"blocks.{i}", [f"blocks.{i}"]) for i in range(_n_children(model, "blocks"))]
+    # Plain ViTs normalise with ``norm`` (cls pooling), avg-pool ViTs with ``fc_norm``;
+    # attention-pool heads (SigLIP) also sit between the blocks and the classifier.
+    spec += [("norm", ["norm", "attn_pool", "fc_norm"]), ("head", ["head"])]
+    return spec
+
+
+def _convnext_spec(model: nn.Module) -> Spec:
+    spec: Spec = [("stem", ["stem"])]
+    spec += [(f"stages.{i}", [f"stages.{i}"]) for i in range(_n_children(model, "stages"))]
+    # norm_pre is the head-side norm when head_norm_first=True, head.norm otherwise;
+    # an optional hidden MLP (head.pre_logits) counts as part of the classifier.
+    spec += [("norm", ["norm_pre", "head.norm"]), ("head", ["head.pre_logits", "head.fc"])]
+    return spec
+
+
+def _resnet_spec(model: nn.Module) -> Spec:
+    # conv1 is a Sequential for deep stems (resnet*d, test_resnet): prefixes cover both.
+    spec: Spec = [("stem", ["conv1", "bn1"])]
+    spec += [(f"layer{i}", [f"layer{i}"]) for i in range(1, 5) if hasattr(model, f"layer{i}")]
+    return spec + [("fc", ["fc"])]
+
+
+def _resnetv2_spec(model: nn.Module) -> Spec:
+    spec: Spec = [("stem", ["stem"])]
+    spec += [(f"stages.{i}", [f"stages.{i}"]) for i in range(_n_children(model, "stages"))]
+    return spec + [("norm", ["norm"]), ("head", ["head"])]
+
+
+def _efficientnet_spec(model: nn.Module) -> Spec:
+    spec: Spec = [("stem", ["conv_stem", "bn1"])]
+    spec += [(f"blocks.{i}", [f"blocks.{i}"]) for i in range(_n_children(model, "blocks"))]
+    return spec + [("conv_head", ["conv_head", "bn2"]), ("classifier", ["classifier"])]
+
+
+# Exact class names (not isinstance): a subclass may add modules the spec does not know,
+# which the exhaustiveness check would catch anyway, but an explicit list is clearer.
+_FAMILIES = {
+    "VisionTransformer": _vit_spec,
+    "ConvNeXt": _convnext_spec,
+    "ResNet": _resnet_spec,
+    "ResNetV2": _resnetv2_spec,
+    "EfficientNet": _efficientnet_spec,
+}
+
+
+def _owned_by(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix + ".")
+
+
+def layer_groups(model: nn.Module) -> list[tuple[str, list[str]]]:
+    """Parameter names of ``model`` partitioned into ordered groups, input to output.
+
+    Groups may be empty (a ViT's Identity ``norm_pre``); they still count as layers.
+    Raises ValueError for an unsupported class, AssertionError if a parameter falls
+    in no group or in several.
+    """
+    cls = type(model).__name__
+    if cls not in _FAMILIES:
+        raise ValueError(f"layer_groups: unsupported model class {cls!r}; "
+                         f"supported timm families: {', '.join(sorted(_FAMILIES))}")
+    spec = _FAMILIES[cls](model)
+    names = [n for n, _ in model.named_parameters()]
+    groups = [(g, [n for n in names if any(_owned_by(n, p) for p in prefixes)]) for g, prefixes in spec]
+
+    counts: dict[str, int] = {n: 0 for n in names}
+    for _, members in groups:
+        for n in members:
+            counts[n] += 1
+    unassigned = [n for n, c in counts.items() if c == 0]
+    doubled = [n for n, c in counts.items() if c > 1]
+    assert not unassigned, f"layer_groups({cls}): parameters in no group: {unassigned}"
+    assert not doubled, f"layer_groups({cls}): parameters in several groups: {doubled}"
+    return groups
+
+
+def resolve_freeze(spec: str | int) -> int:
+    """Number of bottom groups to freeze from an alias ("none", "patch_embed", "embed") or an int >= 0."""
+    # bool is an int subclass and True/False is almost surely a config slip. ValueError
+    # (not TypeError) throughout, so callers parsing configs catch one exception type.
+    if isinstance(spec, bool):
+        raise ValueError(f"freeze spec must be an int or one of {sorted(FREEZE_ALIASES)}, got {spec!r}")  # noqa: TRY004
+    if isinstance(spec, int):
+        k = spec
+    elif isinstance(spec, str) and spec.strip().lower() in FREEZE_ALIASES:
+        k = FREEZE_ALIASES[spec.strip().lower()]
+    elif isinstance(spec, str) and spec.strip().isdigit():
+        k = int(spec.strip())
+    else:
+        raise ValueError(f"freeze spec must be an int >= 0 or one of {sorted(FREEZE_ALIASES)}, got {spec!r}")
+    if k < 0:
+        raise ValueError(f"freeze spec must be >= 0, got {k}")
+    return k
+
+
+@dataclass
+class FreezeReport:
+    """What :func:`freeze_bottom` froze (parameter counts are numel, not tensors)."""
+
+    k: int
+    frozen_params: int
+    total_params: int
+    fraction: float
+    frozen_groups: list[str]
+
+
+def freeze_bottom(model: nn.Module, k: int) -> FreezeReport:
+    """Set ``requires_grad=False`` on the first ``k`` layer groups (k=2: freeze-embed).
+
+    k=1 freezes the patch embedding / stem only (the "not layer-norm" ablation).
+    Freezing the classifier is refused: k must be at most ``len(groups) - 1``.
+    Other parameters' flags are left as they are.
+    """
+    groups = layer_groups(model)
+    if not 0 <= k <= len(groups) - 1:
+        raise ValueError(f"freeze_bottom: k={k} out of range for {type(model).__name__} with "
+                         f"{len(groups)} layer groups (0 <= k <= {len(groups) - 1}; the head stays trainable)")
+    params = dict(model.named_parameters())
+    frozen = [n for _, members in groups[:k] for n in members]
+    for n in frozen:
+        params[n].requires_grad_(False)
+    total = sum(p.numel() for p in params.values())
+    n_frozen = sum(params[n].numel() for n in frozen)
+    return FreezeReport(k=k, frozen_params=n_frozen, total_params=total,
+                        fraction=n_frozen / total if total else 0.0,
+                        frozen_groups=[g for g, _ in groups[:k]])
