@@ -69,9 +69,7 @@ def state_tensors(opt: torch.optim.Optimizer):
 def measure(base: torch.nn.Module, settings: dict, device: torch.device, steps: int = 2) -> dict:
     model = copy.deepcopy(base).to(device).train()
     settings = {**TRAIN_DEFAULTS, **settings}
-    k = resolve_freeze(settings["freeze"])
-    if k:
-        freeze_bottom(model, k)
+    freeze_bottom(model, resolve_freeze(settings["freeze"]))
     head = head_names(model)
     opt, info = build_optimizer(model, settings, head, device)
     reg = L2SP(model, settings["l2sp_alpha"], settings["l2sp_beta"], head)

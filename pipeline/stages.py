@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ast
 import functools
-import itertools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -34,6 +33,7 @@ FEATURES = "results/{dataset}/{model}/features.safetensors"
 LP_DIR = "results/{dataset}/{model}/lp"
 RUN_DIR = "results/{dataset}/{model}/{method}/{hp}/seed{seed}"
 SOUP_DIR = "results/{dataset}/{model}/soup/seed{seed}"
+GRAD_NORMS = "results/{dataset}/{model}/grad_norms.csv"
 ANALYSIS_DIR = "results/analysis"
 REPORT_DIR = "results/report"
 
@@ -233,7 +233,7 @@ def _report_inputs(cfg, wc):
         "soup": [f"{SOUP_DIR}/metrics.csv".format(**j) for j in STAGES_BY_NAME["soup"].jobs(cfg)],
         "runs": [f"{RUN_DIR}/run.json".format(**r) for r in runs],
         "layers": [f"{RUN_DIR}/layers.csv".format(**r) for r in runs],
-        "grad_norms": [f"{GRAD_NORMS}".format(**p) for p in pairs],
+        "grad_norms": [GRAD_NORMS.format(**p) for p in pairs],
         "templates": ["paper/templates/results_table.tex.j2"],
     }
 
@@ -245,7 +245,6 @@ def _paper_inputs(cfg, wc):
 
 
 RUN = ("dataset", "model", "method", "hp", "seed")
-GRAD_NORMS = "results/{dataset}/{model}/grad_norms.csv"
 
 STAGES: tuple[Stage, ...] = (
     Stage("prepare_data", "pipeline.data.prepare",

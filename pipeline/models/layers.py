@@ -145,8 +145,12 @@ def freeze_bottom(model: nn.Module, k: int) -> FreezeReport:
 
     k=1 freezes the patch embedding / stem only (the "not layer-norm" ablation).
     Freezing the classifier is refused: k must be at most ``len(groups) - 1``.
-    Other parameters' flags are left as they are.
+    Other parameters' flags are left as they are. k=0 needs no layer groups, so any model
+    family (supported by :func:`layer_groups` or not) fine-tunes unfrozen.
     """
+    if k == 0:
+        total = sum(p.numel() for p in model.parameters())
+        return FreezeReport(k=0, frozen_params=0, total_params=total, fraction=0.0, frozen_groups=[])
     groups = layer_groups(model)
     if not 0 <= k <= len(groups) - 1:
         raise ValueError(f"freeze_bottom: k={k} out of range for {type(model).__name__} with "

@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from pipeline.evaluation.metrics import ALL_DOMAINS, SORT_COLUMNS, read_tidy, sort_results  # noqa: F401 (re-exported)
@@ -130,14 +129,17 @@ def _mean_std_n(long: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     return g.agg(mean="mean", std=lambda v: v.std(ddof=1), n="count").reset_index()
 
 
-def summarise(df: pd.DataFrame, report_cfg: dict, methods: list[str] | None = None) -> pd.DataFrame:
+def summarise(df: pd.DataFrame, report_cfg: dict, methods: list[str] | None = None,
+              chosen: pd.DataFrame | None = None) -> pd.DataFrame:
     """Mean/std/n over seeds of every quantity of every table row, in table order.
 
     WiSE-FT rows also get ``alpha`` (the chosen mixing weight) as a quantity; ``hp``
-    names the grid point(s) a row comes from.
+    names the grid point(s) a row comes from. ``chosen``: :func:`select_grid_points` of ``df``
+    (computed here if not given).
     """
     id_split, ood_split = report_cfg.get("id_split", "id_test"), report_cfg.get("ood_split", "ood_test")
-    rows = assign_rows(df, select_grid_points(df, report_cfg))
+    chosen = select_grid_points(df, report_cfg) if chosen is None else chosen
+    rows = assign_rows(df, chosen)
     keys = ["dataset", "model", "kind", "method", "row"]
     long = per_seed_scores(rows, keys + ["seed"], id_split, ood_split)
     alphas = (rows[rows["kind"].isin(["wise_ft", "oracle"])].groupby(keys + ["seed"], sort=False)["alpha"]
@@ -153,10 +155,11 @@ def summarise(df: pd.DataFrame, report_cfg: dict, methods: list[str] | None = No
     return summary[SUMMARY_COLUMNS].reset_index(drop=True)
 
 
-def wise_ft_curves(df: pd.DataFrame, report_cfg: dict) -> pd.DataFrame:
+def wise_ft_curves(df: pd.DataFrame, report_cfg: dict, chosen: pd.DataFrame | None = None) -> pd.DataFrame:
     """Mean/std/n over seeds per (dataset, model, method, alpha) of the WiSE-FT grid, at the chosen grid point."""
-    chosen = select_grid_points(df, report_cfg)[["dataset", "model", "method", "id_hp"]]
-    grid = df[df["selection"] == "grid"].merge(chosen, on=["dataset", "model", "method"])
+    chosen = select_grid_points(df, report_cfg) if chosen is None else chosen
+    picks = chosen[["dataset", "model", "method", "id_hp"]]
+    grid = df[df["selection"] == "grid"].merge(picks, on=["dataset", "model", "method"])
     grid = grid[grid["hp"] == grid["id_hp"]]
     keys = ["dataset", "model", "method", "alpha"]
     long = per_seed_scores(grid, keys + ["seed"], report_cfg.get("id_split", "id_test"),

@@ -56,9 +56,9 @@ def main(argv: list[str] | None = None) -> int:
                         + _paths(job.inputs.get("soup", [])))
     if results.empty:
         raise ValueError("report: no metric rows in the input CSVs")
-    summary = summarise(results, report_cfg, methods)
     chosen = select_grid_points(results, report_cfg)
-    curves = wise_ft_curves(results, report_cfg)
+    summary = summarise(results, report_cfg, methods, chosen)
+    curves = wise_ft_curves(results, report_cfg, chosen)
     runs = read_runs(_paths(job.inputs["runs"]))
     labels = report_cfg.get("labels") or {}
 

@@ -27,7 +27,7 @@ from pipeline.cli import parse_job
 from pipeline.data.shards import PreparedDataset
 from pipeline.io import write_csv, write_json
 from pipeline.models.backbone import default_device, head_names, init_head, model_from_config, normalization, save_state
-from pipeline.models.layers import FreezeReport, freeze_bottom, layer_groups, resolve_freeze
+from pipeline.models.layers import freeze_bottom, layer_groups, resolve_freeze
 from pipeline.optimizers.factory import build_optimizer
 from pipeline.optimizers.l2sp import L2SP
 from pipeline.optimizers.spd import SPD
@@ -73,9 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     init_head(model, settings["init"], job.inputs.get("lp_head"))
     model.to(device)
     start = {k: v.detach().to("cpu", copy=True) for k, v in model.named_parameters()}
-    k = resolve_freeze(settings["freeze"])
-    # k = 0 needs no layer groups, so any timm family fine-tunes without freezing.
-    freeze = freeze_bottom(model, k) if k else FreezeReport(0, 0, sum(p.numel() for p in model.parameters()), 0.0, [])
+    freeze = freeze_bottom(model, resolve_freeze(settings["freeze"]))
     head = head_names(model)
     optimizer, info = build_optimizer(model, settings, head, device)
     l2sp = L2SP(model, settings["l2sp_alpha"], settings["l2sp_beta"], head)
