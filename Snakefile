@@ -2,14 +2,17 @@
 # built in a loop. Stages are defined there, never here.
 #   snakemake --cores 2                 run everything that is out of date
 #   snakemake --profile profiles/slurm  submit to a Slurm cluster
+#   snakemake --config params=configs/freeze_embed.yaml   another experiment config
+#   snakemake --config params=configs/lpft.yaml datasets=cifar10,fmow   only these datasets' jobs (no report)
 import json
 import sys
 
 from pipeline.config import ParamsError, load_params
-from pipeline.stages import STAGES, WILDCARD_PATTERNS, job_inputs
+from pipeline.stages import STAGES, WILDCARD_PATTERNS, code_digest, job_inputs
 
+PARAMS = str(config.get("params", "params.yaml"))
 try:
-    CFG = load_params(config.get("params", "params.yaml"))
+    CFG = load_params(PARAMS)
 except ParamsError as err:
     # One line naming the key, and nothing runs.
     sys.stderr.write(f"error: {err}\n")
@@ -19,25 +22,47 @@ wildcard_constraints:
     **WILDCARD_PATTERNS,
 
 
+# `datasets=a,b` narrows the default target to those datasets' jobs; the report and
+# paper summarise the whole experiment, so they run only without it.
+ONLY = [d for d in str(config.get("datasets", "")).split(",") if d]
+for d in ONLY:
+    if d not in CFG["experiment"]["datasets"]:
+        sys.stderr.write(f"error: --config datasets: {d!r} is not in experiment.datasets of {PARAMS}\n")
+        sys.exit(2)
+
+
+def _wanted(wc):
+    return not ONLY or wc.get("dataset") in ONLY
+
+
 rule all:
     default_target: True
     input:
-        [p for st in STAGES for wc in st.jobs(CFG) for p in st.output_paths(wc).values()],
+        [p for st in STAGES for wc in st.jobs(CFG) if _wanted(wc) for p in st.output_paths(wc).values()],
 
 
 def _inputs(st):
-    return lambda wc: job_inputs(st, CFG, dict(wc.items()))
+    # Source files are tracked by content through the `code` param (pipeline.stages.code_digest).
+    return lambda wc: job_inputs(st, CFG, dict(wc.items()), code=False)
 
 
 def _command(st):
     # Resolved per job; wildcard values are regex-constrained (no shell metacharacters).
-    return lambda wc: st.command(dict(wc.items()))
+    return lambda wc: st.command(dict(wc.items()), PARAMS, CFG)
+
+
+def _gpus(st):
+    return lambda wc: st.gpus(CFG, dict(wc.items()))
 
 
 def _params(st):
     # The resolved values of the keys the stage reads: Snakemake's params trigger
     # then re-runs exactly the jobs whose keys changed, as DVC's params deps do.
     return lambda wc: json.dumps(st.param_values(CFG, dict(wc.items())), sort_keys=True)
+
+
+def _code(st):
+    return lambda wc: code_digest(st, CFG, dict(wc.items()))
 
 
 for st in STAGES:
@@ -51,6 +76,7 @@ for st in STAGES:
             **{k: directory(v) if k in st.directories else v for k, v in st.outputs.items()},
         params:
             values=_params(st),
+            code=_code(st),
             cmd=_command(st),
         log:
             st.log,
@@ -58,7 +84,7 @@ for st in STAGES:
             st.benchmark
         threads: st.threads
         resources:
-            gpu=st.gpu,
+            gpu=_gpus(st),
             runtime=st.runtime,
             mem_mb=st.mem_mb,
         shell:

@@ -14,10 +14,11 @@ import sys
 from dataclasses import dataclass
 
 from pipeline.config import ParamsError, config_hash, load_params
-from pipeline.io import setup_logging
+from pipeline.io import Preempted, setup_logging
 from pipeline.stages import STAGES, STAGES_BY_NAME, Stage, job_inputs, stage
 
 log = logging.getLogger("pipeline")
+PREEMPTED_EXIT = 75   # EX_TEMPFAIL
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     except ParamsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Preempted as e:
+        # A checkpoint was saved: exit "temporary failure" so that Snakemake's retry or Slurm's requeue resumes it.
+        log.warning("%s", e)
+        return PREEMPTED_EXIT
     except (FileNotFoundError, FloatingPointError) as e:
         # Missing data/weights and non-finite losses are user-facing: one clear line, no traceback.
         log.error("%s", e)

@@ -8,11 +8,16 @@
 * ``wilds`` averages over groups with ``torch_scatter``, which has no wheel for
   this torch. A pure-torch ``avg_over_groups`` replaces it (same outputs,
   empty groups included).
+* glibc hands every allocation over 32 MiB back to the kernel when it is freed,
+  so each training step page-faults its batch tensors (77 MB for 128 images at
+  224 px) in again: 2-3x slower batch preparation on CPU. Raising its mmap and
+  trim thresholds keeps such buffers on the heap (:func:`keep_buffers_on_heap`).
 
 Call :func:`apply` before importing timm or wilds.
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import sys
 
@@ -58,11 +63,22 @@ def patch_wilds() -> None:
             mod.avg_over_groups = avg_over_groups
 
 
+def keep_buffers_on_heap(limit: int = 1 << 30) -> bool:
+    """Let glibc reuse freed buffers up to ``limit`` bytes instead of unmapping them; False off glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3   # mallopt parameters from <malloc.h>
+    return bool(libc.mallopt(m_mmap_threshold, limit)) and bool(libc.mallopt(m_trim_threshold, limit))
+
+
 def apply() -> None:
-    """Idempotent: offline-friendly env defaults plus the torchvision shim."""
+    """Idempotent: offline-friendly env defaults, heap-kept buffers and the torchvision shim."""
     global _applied
     if _applied:
         return
     os.environ.setdefault("OUTDATED_IGNORE", "1")  # wilds/ogb would query PyPI
+    keep_buffers_on_heap()
     ensure_torchvision()
     _applied = True

@@ -77,6 +77,8 @@ def validate(cfg: Any, source: str = DEFAULT_PARAMS) -> dict:
             if name not in cfg[section]:
                 raise ParamsError(f"{source}: experiment.{section}[{i}]: unknown {section[:-1]} {name!r} "
                                   f"(defined under {section}: {', '.join(sorted(cfg[section]))})")
+    for name, ds in cfg["datasets"].items():
+        _check_dataset(name, ds, source)
     lp = cfg["linear_probe"]
     if lp["C_min"] > lp["C_max"]:
         raise ParamsError(f"{source}: linear_probe.C_min: {lp['C_min']} is larger than C_max {lp['C_max']}")
@@ -99,6 +101,20 @@ def validate(cfg: Any, source: str = DEFAULT_PARAMS) -> dict:
 OPTIMIZER_KEYS = {"momentum": ("sgd", "sgdp"), "effective_lr": ("sgd", "sgdp"), "betas": ("adamw", "adamp", "spd"),
                   "delta": ("adamp", "sgdp"), "wd_ratio": ("adamp", "sgdp"), "nesterov": ("adamp", "sgdp"),
                   "spd_lambda": ("spd",), "head_spd_lambda": ("spd",)}
+
+
+def _check_dataset(name: str, ds: dict, source: str) -> None:
+    from pipeline.data.sources import COMMON_KEYS, SOURCES
+
+    allowed = set(SOURCES[ds["source"]].keys) | set(COMMON_KEYS)
+    for key in ds:
+        if key not in allowed:
+            raise ParamsError(f"{source}: datasets.{name}.{key}: not used by source {ds['source']} "
+                              f"(its keys: {', '.join(sorted(allowed))})")
+    if ds["source"] == "digits" and "build" not in ds:
+        raise ParamsError(f"{source}: datasets.{name}.build: required key is missing")
+    if ds["source"] == "domainnet" and ds.get("id_domain") in (ds.get("ood_domains") or []):
+        raise ParamsError(f"{source}: datasets.{name}.ood_domains: contains the ID domain {ds['id_domain']!r}")
 
 
 def _check_method(name: str, m: dict, source: str) -> None:

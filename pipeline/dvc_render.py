@@ -12,12 +12,12 @@ import sys
 
 import yaml
 
-from pipeline.config import load_params
+from pipeline.config import DEFAULT_PARAMS, load_params
 from pipeline.stages import STAGES, flatten, job_inputs
 
 HEADER = """\
 # GENERATED from pipeline/stages.py and params.yaml; do not edit by hand.
-# Re-render after changing the experiment grid:  python -m pipeline export-dvc
+# Re-render after changing the experiment grid:  python -m pipeline export-dvc [--params FILE]
 # Value edits in params.yaml (a learning rate, say) need no re-render.
 """
 # DVC deletes a stage's outputs before running its command, so params.yaml is
@@ -31,14 +31,14 @@ METRICS_OUTPUTS = {("report", "metrics")}
 PLOT_OUTPUTS = {("report", "figure_png")}
 
 
-def render(cfg: dict, params_file: str = "params.yaml") -> str:
+def render(cfg: dict, params_file: str = DEFAULT_PARAMS) -> str:
     stages: dict[str, dict] = {CHECK_STAGE: {
         "cmd": f"python -m pipeline validate {params_file} --write {CHECK_MARKER}",
         "deps": [params_file, "pipeline/schemas/params.schema.yaml", "pipeline/config.py"],
         "outs": [{CHECK_MARKER: {"cache": False}}]}}
     for st in STAGES:
         for wc in st.jobs(cfg):
-            entry: dict = {"cmd": st.command(wc)}
+            entry: dict = {"cmd": st.command(wc, params_file, cfg)}
             deps = flatten(job_inputs(st, cfg, wc))
             if not st.inputs(cfg, wc):  # a root of the DAG: runs after validation
                 deps.insert(0, CHECK_MARKER)
@@ -46,7 +46,7 @@ def render(cfg: dict, params_file: str = "params.yaml") -> str:
                 entry["deps"] = deps
             keys = st.param_keys(cfg, wc)
             if keys:
-                entry["params"] = keys
+                entry["params"] = keys if params_file == DEFAULT_PARAMS else [{params_file: keys}]
             outs, metrics, plots = [], [], []
             for name, path in st.output_paths(wc).items():
                 if (st.name, name) in METRICS_OUTPUTS:

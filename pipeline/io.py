@@ -22,6 +22,10 @@ import numpy as np
 log = logging.getLogger("pipeline")
 
 
+class Preempted(RuntimeError):
+    """SIGTERM / SIGUSR1 arrived: a checkpoint was written; running the job again resumes it."""
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, is_dir: bool = False) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` on success."""

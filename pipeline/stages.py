@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import ast
 import functools
+import hashlib
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from pipeline.config import lookup
-from pipeline.training.settings import hp_names
+from pipeline.config import DEFAULT_PARAMS, lookup
+from pipeline.data.sources import PREPARE_KEYS, SOURCES
+from pipeline.training.settings import hp_names, method_settings
 
 # Wildcard -> the experiment list it ranges over, and the regex it must match
 # (which also keeps any value out of reach of shell injection).
@@ -32,6 +35,8 @@ WEIGHTS = "data/weights/{model}.safetensors"
 FEATURES = "results/{dataset}/{model}/features.safetensors"
 LP_DIR = "results/{dataset}/{model}/lp"
 RUN_DIR = "results/{dataset}/{model}/{method}/{hp}/seed{seed}"
+# A fine-tune's resumable state while it runs (not an output; removed once the run's outputs exist).
+CHECKPOINT_DIR = "checkpoints/{dataset}/{model}/{method}/{hp}/seed{seed}"
 SOUP_DIR = "results/{dataset}/{model}/soup/seed{seed}"
 GRAD_NORMS = "results/{dataset}/{model}/grad_norms.csv"
 ANALYSIS_DIR = "results/analysis"
@@ -57,12 +62,17 @@ class Stage:
     directories: frozenset[str] = frozenset()
     # Which wildcard combinations are jobs (e.g. WiSE-FT only for the methods listed).
     select: Select | None = None
+    # Modules (or shipped .json data files) a job reads besides the stage module, per job:
+    # e.g. the dataset's source module.
+    extra_modules: Callable[[dict, dict], list[str]] | None = None
     # One thread by default: on a small machine two 1-thread jobs beat one 2-thread
     # job; a cluster profile raises it per stage (set-threads).
     threads: int = 1
     gpu: int = 0
     runtime: int = 10
     mem_mb: int = 2000
+    # Processes per job (data-parallel ranks, one GPU each); more than one runs under torchrun.
+    processes: Callable[[dict, dict], int] | None = None
 
     def jobs(self, cfg: dict) -> list[dict[str, str]]:
         """Wildcard values of every job, in a stable order."""
@@ -98,18 +108,40 @@ class Stage:
     def param_values(self, cfg: dict, wc: dict) -> dict:
         return {k: lookup(cfg, k) for k in self.param_keys(cfg, wc)}
 
-    def code_files(self) -> list[str]:
-        """The stage's module and every pipeline module it imports (transitively).
+    def code_files(self, cfg: dict | None = None, wc: dict | None = None) -> list[str]:
+        """The stage's module and every pipeline module it imports (transitively), for one job.
 
         Plumbing (CLI, config loading, I/O helpers, this registry) is left out so
         that editing an error message does not invalidate every result.
         """
-        return source_files(self.module)
+        files = list(source_files(self.module))
+        if self.extra_modules is not None and cfg is not None and wc is not None:
+            for mod in self.extra_modules(cfg, wc):
+                # a module name, or a data file shipped in the package (e.g. BREEDS class lists)
+                extra = [mod] if mod.endswith(".json") else source_files(mod)
+                files += [f for f in extra if f not in files]
+        return files
 
-    def command(self, wc: dict | None = None) -> str:
-        """Shell command; with ``wc=None``, Snakemake ``{wildcards.x}`` placeholders."""
+    def ranks(self, cfg: dict, wc: dict) -> int:
+        return self.processes(cfg, wc) if self.processes is not None else 1
+
+    def gpus(self, cfg: dict, wc: dict) -> int:
+        """GPUs one job asks the scheduler for: one per rank for GPU stages."""
+        return self.gpu * self.ranks(cfg, wc)
+
+    def command(self, wc: dict | None = None, params_file: str = DEFAULT_PARAMS, cfg: dict | None = None) -> str:
+        """Shell command; with ``wc=None``, Snakemake ``{wildcards.x}`` placeholders.
+
+        Wildcard values match :data:`WILDCARD_PATTERNS` (no shell metacharacters) and the
+        params path is quoted, so nothing from params.yaml can inject a shell command.
+        """
         args = " ".join(f"--{w} {{wildcards.{w}}}" if wc is None else f"--{w} {wc[w]}" for w in self.wildcards)
-        return f"python -m pipeline {self.name} {args}".rstrip()
+        if params_file != DEFAULT_PARAMS:
+            args += f" --params {shlex.quote(params_file)}"
+        ranks = self.ranks(cfg, wc) if cfg is not None and wc is not None else 1
+        # python -m torch.distributed.run is torchrun, from the same interpreter as the jobs
+        launcher = f"python -m torch.distributed.run --standalone --nproc_per_node {ranks}" if ranks > 1 else "python"
+        return f"{launcher} -m pipeline {self.name} {args}".rstrip()
 
     @property
     def log(self) -> str:
@@ -186,6 +218,15 @@ def soup_ingredients(cfg: dict, wc: dict) -> list[dict[str, str]]:
             all(r[k] == wc[k] for k in ("dataset", "model", "seed"))]
 
 
+def _finetune_ranks(cfg: dict, wc: dict) -> int:
+    return int(method_settings(cfg, wc["method"], wc["hp"], wc["dataset"])["gpus"])
+
+
+def _source_module(cfg: dict, wc: dict) -> list[str]:
+    source = cfg["datasets"][wc["dataset"]]["source"]
+    return [SOURCES[source].module, *SOURCES[source].data_files]
+
+
 # --- input functions: (cfg, wildcards) -> {name: path or [paths]} -----------------------------
 
 def _lp_head_if_needed(cfg: dict, wc: dict) -> dict:
@@ -199,7 +240,7 @@ def _data_and_weights(cfg, wc):
 
 
 def _lp_inputs(cfg, wc):
-    return {"features": FEATURES.format(**wc)}
+    return {"features": FEATURES.format(**wc), "data": PREPARED.format(**wc)}
 
 
 def _finetune_inputs(cfg, wc):
@@ -250,7 +291,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("prepare_data", "pipeline.data.prepare",
           "Build or decode a dataset once into uint8 shards + metadata.csv.",
           ("dataset",), {"data": PREPARED}, lambda cfg, wc: {},
-          params=("datasets.{dataset}.source", "datasets.{dataset}.build"), directories=frozenset({"data"})),
+          params=tuple(f"datasets.{{dataset}}.{k}" for k in PREPARE_KEYS), directories=frozenset({"data"}),
+          extra_modules=_source_module, threads=4, runtime=240, mem_mb=8000),
     Stage("backbone", "pipeline.models.weights",
           "Convert the configured pretrained weights into one timm-layout safetensors file.",
           ("model",), {"weights": WEIGHTS}, lambda cfg, wc: {},
@@ -274,8 +316,9 @@ STAGES: tuple[Stage, ...] = (
           RUN,
           {"model": f"{RUN_DIR}/model.safetensors", "history": f"{RUN_DIR}/history.csv", "run": f"{RUN_DIR}/run.json",
            "layers": f"{RUN_DIR}/layers.csv"},
-          _finetune_inputs, params=("finetune", "methods.{method}.*", "models.{model}", "datasets.{dataset}"),
-          gpu=1, runtime=240, mem_mb=16000),
+          _finetune_inputs, params=("finetune", "methods.{method}.*", "models.{model}",
+                                    "datasets.{dataset}.train_augment", "datasets.{dataset}.finetune"),
+          gpu=1, runtime=240, mem_mb=16000, processes=_finetune_ranks),
     Stage("evaluate", "pipeline.evaluation.evaluate",
           "Accuracy of the fine-tuned model on every split and domain.",
           RUN, {"metrics": f"{RUN_DIR}/metrics.csv"}, _evaluate_inputs,
@@ -315,9 +358,29 @@ def stage(name: str) -> Stage:
     return STAGES_BY_NAME[name]
 
 
-def job_inputs(st: Stage, cfg: dict, wc: dict) -> dict[str, str | list[str]]:
-    """All inputs of one job: data inputs plus the stage's source files."""
-    return {**st.inputs(cfg, wc), "code": st.code_files()}
+def job_inputs(st: Stage, cfg: dict, wc: dict, code: bool = True) -> dict[str, str | list[str]]:
+    """All inputs of one job: data inputs plus (``code=True``) the stage's source files."""
+    inputs = st.inputs(cfg, wc)
+    return {**inputs, "code": st.code_files(cfg, wc)} if code else inputs
+
+
+@functools.lru_cache(maxsize=None)
+def _digest(files: tuple[str, ...]) -> str:
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.encode() + b"\0" + (PACKAGE_ROOT / f).read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def code_digest(st: Stage, cfg: dict, wc: dict) -> str:
+    """Content hash of a job's source files.
+
+    The Snakefile tracks code through this param instead of listing the files as
+    inputs: same re-runs (an edit changes the hash), but Snakemake need not ask every
+    rule whether it produces each source file, which dominates DAG building on
+    sweeps of thousands of jobs. DVC lists the files as deps (``dvc.yaml``).
+    """
+    return _digest(tuple(st.code_files(cfg, wc)))
 
 
 def flatten(paths: dict[str, str | list[str]]) -> list[str]:

@@ -8,7 +8,7 @@ from conftest import PYTHON, REPO, run_cli
 from dag import dvc_dag, snakemake_dag
 from pipeline.config import load_params
 from pipeline.dvc_render import CHECK_MARKER, CHECK_STAGE, render
-from pipeline.stages import STAGES, source_files
+from pipeline.stages import STAGES, code_digest, source_files
 
 BIN = Path(PYTHON).parent
 
@@ -37,6 +37,17 @@ def test_every_stage_depends_on_its_own_code():
         assert all((REPO / f).is_file() for f in files)
     assert "pipeline/training/loop.py" in source_files("pipeline.training.finetune")
     assert "pipeline/cli.py" not in source_files("pipeline.training.finetune")
+
+
+def test_a_dataset_depends_on_its_own_source_only():
+    """Editing the CIFAR reader must not re-prepare (and re-train on) the digits data."""
+    cfg = load_params(REPO / "params.yaml")
+    cfg["datasets"]["c10"] = {"source": "cifar10"}
+    prepare = next(st for st in STAGES if st.name == "prepare_data")
+    digits, cifar = prepare.code_files(cfg, {"dataset": "digits"}), prepare.code_files(cfg, {"dataset": "c10"})
+    assert "pipeline/data/digits.py" in digits and "pipeline/data/sources/cifar.py" not in digits
+    assert "pipeline/data/sources/cifar.py" in cifar and "pipeline/data/digits.py" not in cifar
+    assert code_digest(prepare, cfg, {"dataset": "digits"}) != code_digest(prepare, cfg, {"dataset": "c10"})
 
 
 @pytest.fixture(scope="module")

@@ -108,10 +108,23 @@ def test_prepare_stage_main(tiny_workdir):
 
 def test_augmentation_identity_and_crop():
     g = torch.Generator().manual_seed(0)
-    x = to_float(np.random.default_rng(0).integers(0, 255, (4, 16, 16, 3), dtype=np.uint8), (0.5,) * 3, (0.5,) * 3)
-    same = random_resized_crop(x, (1.0, 1.0), g)
-    assert torch.allclose(same, x, atol=1e-5)
-    flipped = random_resized_crop(x, (1.0, 1.0), torch.Generator().manual_seed(1), hflip=True)
-    assert any(torch.allclose(flipped[i], x[i].flip(-1), atol=1e-5) for i in range(4))
-    cropped = random_resized_crop(x, (0.3, 0.5), g)
-    assert cropped.shape == x.shape and not torch.allclose(cropped, x)
+    nhwc = torch.from_numpy(np.random.default_rng(0).integers(0, 255, (4, 12, 12, 3), dtype=np.uint8))
+    square = nhwc.permute(0, 3, 1, 2)   # what the crop returns: uint8 NCHW
+    assert torch.equal(random_resized_crop(nhwc, (1.0, 1.0), g), square)
+    flipped = random_resized_crop(nhwc, (1.0, 1.0), torch.Generator().manual_seed(1), hflip=True)
+    assert any(torch.equal(flipped[i], square[i].flip(-1)) for i in range(4))
+    assert any(torch.equal(flipped[i], square[i]) for i in range(4))
+    cropped = random_resized_crop(nhwc, (0.3, 0.5), g)
+    assert cropped.shape == square.shape and not torch.equal(cropped, square)
+    again = random_resized_crop(nhwc, (0.3, 0.5), torch.Generator().manual_seed(0))
+    assert torch.equal(again, random_resized_crop(nhwc, (0.3, 0.5), torch.Generator().manual_seed(0)))
+
+
+def test_to_float_normalises_in_one_pass():
+    x = np.random.default_rng(0).integers(0, 256, (3, 5, 7, 3), dtype=np.uint8)
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    ref = (torch.from_numpy(x).permute(0, 3, 1, 2).double() / 255 - torch.tensor(mean).view(1, 3, 1, 1).double()) \
+        / torch.tensor(std).view(1, 3, 1, 1).double()
+    out = to_float(x, mean, std)
+    assert out.dtype == torch.float32 and out.shape == (3, 3, 5, 7) and out.is_contiguous()
+    torch.testing.assert_close(out.double(), ref, atol=2e-6, rtol=0)

@@ -147,6 +147,7 @@ def write_features(path: Path, splits: dict[str, tuple[torch.Tensor, torch.Tenso
 def test_stage_end_to_end(tmp_path, monkeypatch):
     from safetensors import safe_open
 
+    from pipeline.data.shards import write_prepared
     from pipeline.training.linear_probe import main
 
     # Roles swapped from the test above: here id_val prefers the largest C, id_test the smallest.
@@ -155,7 +156,14 @@ def test_stage_end_to_end(tmp_path, monkeypatch):
     m = len(xs)
     splits = {"train": (x, y, torch.zeros(len(y))), "id_val": (xs, val_labels, torch.zeros(m)),
               "id_test": (xs, test_labels, torch.zeros(m)), "ood_test": (ood, ood_y, torch.arange(60) % 2 + 1)}
-    write_features(tmp_path / "results/digits/lite0/features.safetensors", splits, ["mnist", "svhn", "usps"])
+    domains = ["mnist", "svhn", "usps"]
+    write_features(tmp_path / "results/digits/lite0/features.safetensors", splits, domains)
+    # The prepared dataset the features came from (its metadata scores the head; images unused).
+    write_prepared(tmp_path / "data/prepared/digits", {
+        name: (np.zeros((len(lab), 2, 2, 3), np.uint8),
+               pd.DataFrame({"label": lab.numpy(), "domain": [domains[int(d)] for d in dom], "group": "",
+                             "source": ""}))
+        for name, (_, lab, dom) in splits.items()}, {"classes": [str(k) for k in range(K)]})
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["linear_probe"] = {"C_min": float(Cs[0]), "C_max": float(Cs[-1]), "num_C": len(Cs), "max_iter": 100}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))

@@ -91,6 +91,15 @@ def test_full_run_then_nothing_to_do_then_targeted_reruns(project):
     after = run_cli(*snake, "-n", cwd=root, env=env).stdout
     assert "Nothing to be done" in after, after[-2000:]
 
+    # editing a stage's code re-runs that stage and its downstream (touching it without an edit does not)
+    soup_code = root / "pipeline/ensembling/soup.py"
+    os.utime(soup_code)
+    assert "Nothing to be done" in run_cli(*snake, "-n", cwd=root, env=env).stdout
+    soup_code.write_text(soup_code.read_text() + "\n# an edit\n")
+    expected = Counter({"soup": 2, "report": 1, "paper": 1})
+    assert snakemake_jobs(run_cli(*snake, "-n", cwd=root, env=env).stdout) == expected
+    assert "soup--digits--tiny--seed0" in run_cli(str(BIN / "dvc"), "status", cwd=root, env=env).stdout
+
 
 @pytest.mark.parametrize("edit, key", [
     (lambda c: c["experiment"]["methods"].append("nope"), "experiment.methods[2]"),

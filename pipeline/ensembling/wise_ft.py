@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         frames.append(tidy(rows, **ids, alpha=alpha, selection="grid", config_hash=job.config_hash))
     curve = pd.concat(frames, ignore_index=True)
     val_split = data.info.get("val_split", "id_val")
-    ood_val = next((s for s in data.info.get("ood_splits", []) if s.endswith("val")), None)
+    ood_val = "ood_val" if "ood_val" in data.split_names else None   # some datasets have none (ImageNet)
     chosen = [("id_val", select(curve, val_split))]
     if ood_val:
         chosen.append(("ood_val_oracle", select(curve, ood_val)))

@@ -7,7 +7,7 @@ from torch import nn
 
 from pipeline.data.shards import PreparedDataset
 from pipeline.data.tensors import batches, to_float
-from pipeline.evaluation.metrics import accuracy_rows
+from pipeline.evaluation.official import split_rows
 
 
 @torch.no_grad()
@@ -28,10 +28,20 @@ def eval_splits(data: PreparedDataset) -> list[str]:
 
 def evaluate_model(model: nn.Module, data: PreparedDataset, mean, std, batch_size: int = 256,
                    splits: list[str] | None = None) -> list[dict]:
-    """Accuracy rows (split x domain) of ``model`` on the evaluation splits."""
+    """Metric rows (split x domain x metric) of ``model`` on the evaluation splits.
+
+    A split stored once under two names (an alias) is predicted once.
+    """
+    names = splits or eval_splits(data)
+    shared = {data.physical(n) for n in names if data.physical(n) != n}
+    cache: dict[str, torch.Tensor] = {}
     rows: list[dict] = []
-    for name in splits or eval_splits(data):
-        split = data.split(name)
-        pred = predict_logits(model, split.images, mean, std, batch_size).argmax(1).numpy()
-        rows += accuracy_rows(pred, split.labels, split.metadata["domain"].to_numpy(), name)
+    for name in names:
+        stored = data.physical(name)
+        logits = cache.get(stored)
+        if logits is None:
+            logits = predict_logits(model, data.split(stored).images, mean, std, batch_size)
+            if stored in shared:
+                cache[stored] = logits
+        rows += split_rows(data, name, logits)
     return rows

@@ -110,11 +110,14 @@ def head_names(model: nn.Module) -> tuple[str, str]:
 
 
 def default_device() -> torch.device:
-    """The job's device: ``PIPELINE_DEVICE`` if set, else the first CUDA GPU, else the CPU."""
+    """The job's device: ``PIPELINE_DEVICE`` if set, else a CUDA GPU (this rank's, under torchrun), else the CPU."""
     import os
 
-    name = os.environ.get("PIPELINE_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    if os.environ.get("PIPELINE_DEVICE"):
+        return torch.device(os.environ["PIPELINE_DEVICE"])
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
 
 
 def init_head(model: nn.Module, init: str, lp_head: str | None) -> None:

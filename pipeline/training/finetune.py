@@ -9,13 +9,20 @@ Outputs in ``results/{dataset}/{model}/{method}/{hp}/seed{seed}/``:
   ``layers.csv``         per parameter tensor: layer group, frozen, its norm at the start and the
                          distance the chosen weights moved from it, and (SPD) the fraction of
                          steps its projection applied
-Params: ``finetune`` (defaults), ``methods.{method}`` (overrides; ``{hp}`` picks the grid
-point), ``models.{model}``, ``datasets.{dataset}`` (train augmentation).
+While it runs, a checkpoint under ``checkpoints/{dataset}/{model}/{method}/{hp}/seed{seed}/``
+(every 10 minutes and on SIGTERM/SIGUSR1) lets a preempted or killed job resume where it
+stopped when it is run again; it is removed once the outputs are written.
+With ``gpus: N > 1`` (a training setting) the job runs under torchrun as N DDP ranks
+(:mod:`pipeline.training.distributed`); rank 0 writes the outputs.
+Params: ``finetune`` (defaults), ``datasets.{dataset}.finetune`` (per-dataset defaults, e.g. epochs),
+``methods.{method}`` (overrides; ``{hp}`` picks the grid point), ``models.{model}``,
+``datasets.{dataset}.train_augment``.
 """
 from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 
 import numpy as np
@@ -31,6 +38,9 @@ from pipeline.models.layers import freeze_bottom, layer_groups, resolve_freeze
 from pipeline.optimizers.factory import build_optimizer
 from pipeline.optimizers.l2sp import L2SP
 from pipeline.optimizers.spd import SPD
+from pipeline.stages import CHECKPOINT_DIR
+from pipeline.training.checkpoint import Checkpointer
+from pipeline.training.distributed import close, init_distributed
 from pipeline.training.loop import LoopConfig, train
 from pipeline.training.settings import method_settings
 
@@ -64,9 +74,10 @@ def layer_table(model: nn.Module, start: dict[str, torch.Tensor], final: dict[st
 def main(argv: list[str] | None = None) -> int:
     job = parse_job("finetune", argv)
     cfg, wc = job.cfg, job.wildcards
-    settings = method_settings(cfg, wc["method"], wc["hp"])
+    settings = method_settings(cfg, wc["method"], wc["hp"], wc["dataset"])
     seed_everything(job.seed)
     device = default_device()
+    dist = init_distributed(device)   # several ranks under torchrun (settings.gpus > 1)
 
     data = PreparedDataset(job.inputs["data"])
     model = model_from_config(cfg["models"][wc["model"]], data.num_classes, job.inputs["weights"])
@@ -83,13 +94,19 @@ def main(argv: list[str] | None = None) -> int:
                           warmup_epochs=settings["warmup_epochs"], label_smoothing=settings["label_smoothing"],
                           grad_clip=settings["grad_clip"], bn=settings["bn"], seed=job.seed,
                           crop_scale=tuple(augment.get("crop_scale", (1.0, 1.0))), hflip=augment.get("hflip", False),
-                          name=f"{wc['method']}/{wc['hp']}")
+                          name=f"{wc['method']}/{wc['hp']}",
+                          checkpoint_seconds=float(os.environ.get("PIPELINE_CHECKPOINT_SECONDS", 600)))
     log.info("%s/%s on %s: %s, lr %g (effective %s), %d trainable params, %d frozen (%.1f%%: %s)", wc["method"],
              wc["hp"], device, info.name, info.lr, info.effective_lr, info.trainable_params, info.frozen_params,
              100 * freeze.fraction, ", ".join(freeze.frozen_groups) or "nothing")
+    checkpoint = Checkpointer(CHECKPOINT_DIR.format(**wc), job.config_hash)
     result = train(model, optimizer, data.split(data.info.get("train_split", "train")),
                    data.split(data.info.get("val_split", "id_val")), mean, std, loop_cfg,
-                   after_backward=l2sp.add_grad_ if l2sp.body or l2sp.head else None)
+                   after_backward=l2sp.add_grad_ if l2sp.body or l2sp.head else None, checkpoint=checkpoint,
+                   dist=dist)
+    close(dist)
+    if not dist.main:
+        return 0
 
     save_state(result.best_state, job.outputs["model"], metadata={"config_hash": job.config_hash,
                                                                   "epoch": str(result.best_epoch)})
@@ -105,5 +122,6 @@ def main(argv: list[str] | None = None) -> int:
         "frozen_fraction": freeze.fraction, "frozen_groups": list(freeze.frozen_groups),
         "selected_epoch": result.best_epoch, "selected_id_val_acc": result.best_val_acc,
         "train_seconds": round(result.seconds, 2)})
+    checkpoint.clear()
     log.info("selected epoch %d (id_val acc %.4f) in %.1fs", result.best_epoch, result.best_val_acc, result.seconds)
     return 0

@@ -1,6 +1,7 @@
 """Stage ``linear_probe``: L2 logistic regression on frozen features, C chosen on ID val.
 
-Input: ``results/{dataset}/{model}/features.safetensors`` (:mod:`pipeline.models.features`).
+Inputs: ``results/{dataset}/{model}/features.safetensors`` (:mod:`pipeline.models.features`) and
+``data/prepared/{dataset}`` (split metadata, for the dataset's official metrics).
 Outputs in ``results/{dataset}/{model}/lp/``:
 
 * ``head.safetensors``: ``weight`` [K, D] and ``bias`` [K] (float32) of the
@@ -9,7 +10,7 @@ Outputs in ``results/{dataset}/{model}/lp/``:
   ``config_hash``.
 * ``sweep.csv``: per C (increasing) ``C, train_acc, id_val_acc, iterations,
   seconds, selected``.
-* ``metrics.csv``: tidy accuracy rows (:mod:`pipeline.evaluation.metrics`) of
+* ``metrics.csv``: tidy metric rows (:mod:`pipeline.evaluation.official`) of
   the selected head on every split except train, per domain, ``method=lp``.
 
 Params: ``linear_probe`` (``C_min``, ``C_max``, ``num_C``, ``max_iter``). The
@@ -19,11 +20,12 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
 import pandas as pd
 
 from pipeline.cli import parse_job
-from pipeline.evaluation.metrics import accuracy_rows, tidy
+from pipeline.data.shards import PreparedDataset
+from pipeline.evaluation.metrics import tidy
+from pipeline.evaluation.official import split_rows
 from pipeline.io import write_csv
 from pipeline.models.backbone import save_state
 from pipeline.models.features import load_features
@@ -44,16 +46,15 @@ def sweep_table(result: SweepResult) -> pd.DataFrame:
     })
 
 
-def split_rows(result: SweepResult, splits: dict, meta: dict) -> list[dict]:
-    """Accuracy rows of the selected head on every split but train, domains by name."""
-    domains = np.asarray(meta["domains"], dtype=object)
+def probe_rows(result: SweepResult, splits: dict, meta: dict, data: PreparedDataset) -> list[dict]:
+    """Metric rows of the selected head on every split but train (aliases included)."""
     rows: list[dict] = []
-    for name in meta["splits"]:
-        if name == meta["train_split"]:
+    for name in data.split_names:
+        stored = data.physical(name)
+        if stored == meta["train_split"] or name == meta["train_split"]:
             continue
-        s = splits[name]
-        pred = (s["features"].float() @ result.weight.T + result.bias).argmax(1)
-        rows += accuracy_rows(pred.numpy(), s["labels"].numpy(), domains[s["domain"].numpy()], name)
+        logits = splits[stored]["features"].float() @ result.weight.T + result.bias
+        rows += split_rows(data, name, logits)
     return rows
 
 
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     save_state({"weight": result.weight, "bias": result.bias}, job.outputs["head"],
                metadata={"C": repr(row.C), "config_hash": job.config_hash})
     write_csv(job.outputs["sweep"], sweep_table(result))
-    write_csv(job.outputs["metrics"], tidy(split_rows(result, splits, meta), dataset=wc["dataset"],
+    write_csv(job.outputs["metrics"], tidy(probe_rows(result, splits, meta, PreparedDataset(job.inputs["data"])), dataset=wc["dataset"],
                                            model=wc["model"], method="lp", hp=f"C{row.C:.3g}", seed=0,
                                            config_hash=job.config_hash))
     return 0

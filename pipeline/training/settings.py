@@ -1,7 +1,7 @@
 """A method's training settings and its hyperparameter grid.
 
-Settings resolve as built-in defaults < ``finetune`` < ``methods.<method>`` < one
-point of ``methods.<method>.grid``. Every grid point is its own run, at
+Settings resolve as built-in defaults < ``finetune`` < ``datasets.<dataset>.finetune``
+< ``methods.<method>`` < one point of ``methods.<method>.grid``. Every grid point is its own run, at
 ``results/{dataset}/{model}/{method}/{hp}/seed{seed}/`` where ``hp`` spells the
 swept values (e.g. ``lr0.0003`` or ``lr0.0001_spd_lambda0.3``), so adding a value
 to a grid adds runs and leaves the existing ones valid.
@@ -16,6 +16,8 @@ from typing import Any
 # not timm's pretraining ones (no label smoothing, no weight decay, BN frozen).
 TRAIN_DEFAULTS: dict[str, Any] = {
     "epochs": 4, "batch_size": 64, "warmup_epochs": 0.5, "label_smoothing": 0.0, "grad_clip": 0.0, "bn": "eval",
+    # Data-parallel processes (GPUs) per run; > 1 launches torchrun + DDP. batch_size is the global batch.
+    "gpus": 1,
     "weight_decay": 0.0, "momentum": 0.9, "betas": [0.9, 0.999], "freeze": "none",
     # AdamP/SGDP: the official package's defaults, set explicitly since timm's factory differs
     # (wd_ratio 0.01 and Nesterov on for adamp).
@@ -56,8 +58,8 @@ def grid_point(method_cfg: dict, hp: str) -> dict[str, Any]:
     return points[hp]
 
 
-def method_settings(cfg: dict, method: str, hp: str | None = None) -> dict:
-    """Resolved settings of ``method`` at grid point ``hp`` (a deep copy; safe to modify).
+def method_settings(cfg: dict, method: str, hp: str | None = None, dataset: str | None = None) -> dict:
+    """Resolved settings of ``method`` at grid point ``hp`` on ``dataset`` (a deep copy; safe to modify).
 
     ``effective_lr`` (Li et al. 2020: lr / (1 - momentum)) may stand in for ``lr``
     with SGD-type optimizers, so a sweep can hold the effective step size fixed.
@@ -65,7 +67,9 @@ def method_settings(cfg: dict, method: str, hp: str | None = None) -> dict:
     method_cfg = copy.deepcopy(cfg["methods"][method])
     point = grid_point(method_cfg, hp) if hp is not None else {}
     method_cfg.pop("grid", None)
-    out = {**TRAIN_DEFAULTS, **copy.deepcopy(cfg.get("finetune", {})), **method_cfg, **point}
+    per_dataset = (cfg["datasets"].get(dataset) or {}).get("finetune", {}) if dataset else {}
+    out = {**TRAIN_DEFAULTS, **copy.deepcopy(cfg.get("finetune", {})), **copy.deepcopy(per_dataset), **method_cfg,
+           **point}
     if "effective_lr" in out:
         out["lr"] = float(out.pop("effective_lr")) * (1.0 - float(out["momentum"]))
     return out

@@ -1,0 +1,64 @@
+"""Run one real dataset through the pipeline's own stages, as a test would on a cluster.
+
+``run_dataset_stages`` writes a params.yaml holding the dataset entry and a tiny
+random-init timm model, then calls each stage's ``main``: prepare_data, backbone,
+one-batch fine-tune (ft_adamw, one epoch, the whole train split in one batch),
+evaluate. It returns the prepared dataset and the tidy metrics of the run.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from conftest import tiny_params
+
+MODEL = "test_efficientnet"
+
+
+def dataset_params(name: str, entry: dict, batch_size: int = 256) -> dict:
+    cfg = tiny_params(model=MODEL, weights="none")
+    cfg["experiment"] = {"datasets": [name], "models": ["tiny"], "methods": ["ft_adamw"], "seeds": [0]}
+    cfg["datasets"] = {name: entry}
+    cfg["finetune"].update(epochs=1, batch_size=batch_size, warmup_epochs=0)
+    cfg["wise_ft"] = {"alphas": [0.0, 1.0], "methods": ["ft_adamw"]}
+    cfg["soups"] = {"methods": ["ft_adamw"]}
+    return cfg
+
+
+def run_dataset_stages(workdir: Path, name: str, entry: dict, monkeypatch, batch_size: int = 256):
+    """(PreparedDataset, metrics DataFrame) of one fine-tuning run on dataset ``name``."""
+    from pipeline.data.prepare import main as prepare_main
+    from pipeline.data.shards import PreparedDataset
+    from pipeline.evaluation.evaluate import main as evaluate_main
+    from pipeline.evaluation.metrics import read_tidy
+    from pipeline.models.weights import main as backbone_main
+    from pipeline.training.finetune import main as finetune_main
+
+    (workdir / "params.yaml").write_text(yaml.safe_dump(dataset_params(name, entry, batch_size), sort_keys=False))
+    monkeypatch.chdir(workdir)
+    run = ["--dataset", name, "--model", "tiny", "--method", "ft_adamw", "--hp", "default", "--seed", "0"]
+    assert prepare_main(["--dataset", name]) == 0
+    assert backbone_main(["--model", "tiny"]) == 0
+    assert finetune_main(run) == 0
+    assert evaluate_main(run) == 0
+    data = PreparedDataset(workdir / "data/prepared" / name)
+    metrics = read_tidy([str(workdir / f"results/{name}/tiny/ft_adamw/default/seed0/metrics.csv")])
+    return data, metrics
+
+
+def metric(metrics: pd.DataFrame, split: str, name: str, domain: str = "all") -> float:
+    hit = metrics[(metrics["split"] == split) & (metrics["metric"] == name) & (metrics["domain"] == domain)]
+    assert len(hit) == 1, f"{split}/{name}/{domain}: {len(hit)} rows"
+    return float(hit["value"].iloc[0])
+
+
+def run_fabricated(tmp_path_factory, name: str, fabricate, entry: dict):
+    """``run_dataset_stages`` on a tiny copy written by ``fabricate(raw_root) -> raw_root`` (module fixtures)."""
+    import pytest
+
+    work = tmp_path_factory.mktemp(name)
+    raw = fabricate(work / "raw")
+    with pytest.MonkeyPatch.context() as mp:
+        return run_dataset_stages(work, name, {**entry, "root": str(raw)}, mp)

@@ -1,0 +1,75 @@
+"""The shipped experiment configs: valid, the sweep they describe, and selected by one flag."""
+import os
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import PYTHON, REPO, run_cli
+from pipeline.config import load_params
+from pipeline.data.sources import SOURCES
+from pipeline.dvc_render import render
+from pipeline.stages import STAGES, STAGES_BY_NAME
+from pipeline.training.settings import method_settings
+
+CONFIGS = sorted(REPO.glob("configs/*.yaml"))
+BIN = Path(PYTHON).parent
+
+
+def n_jobs(cfg: dict) -> int:
+    return sum(len(st.jobs(cfg)) for st in STAGES)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_config_is_valid_and_uses_real_datasets(path):
+    cfg = load_params(path)
+    assert {ds["source"] for ds in cfg["datasets"].values()} <= set(SOURCES) - {"digits"}
+    assert cfg["experiment"]["seeds"] == [0, 1, 2]
+
+
+def test_freeze_embed_sweep_is_the_papers_table():
+    cfg = load_params(REPO / "configs/freeze_embed.yaml")
+    assert cfg["experiment"]["datasets"] == ["living17", "waterbirds", "domainnet", "fmow", "camelyon17"]
+    assert cfg["models"]["clip_vit_b16"]["timm_name"] == "vit_base_patch16_clip_224.openai"
+    runs = STAGES_BY_NAME["finetune"].jobs(cfg)
+    assert len(runs) == 5 * 5 * 4 * 6 * 3
+    assert n_jobs(cfg) > 1000
+    # per-dataset epochs of the paper, under the method's own settings
+    assert method_settings(cfg, "sgd", "lr0.001", "camelyon17")["epochs"] == 3
+    assert method_settings(cfg, "sgd", "lr0.001", "domainnet")["epochs"] == 50
+    assert method_settings(cfg, "freeze_embed", "lr0.001", "fmow")["freeze"] == "embed"
+
+
+def test_another_config_is_passed_to_every_command_and_dvc_param():
+    cfg = load_params(REPO / "configs/lpft.yaml")
+    st = STAGES_BY_NAME["finetune"]
+    wc = st.jobs(cfg)[0]
+    assert st.command(wc, "configs/lpft.yaml").endswith("--params configs/lpft.yaml")
+    assert "--params" not in st.command(wc)
+    stages = yaml.safe_load(render(cfg, "configs/lpft.yaml"))["stages"]
+    entry = stages[st.job_id(wc)]
+    assert entry["cmd"].endswith("--params configs/lpft.yaml")
+    assert list(entry["params"][0]) == ["configs/lpft.yaml"]
+
+
+def test_snakemake_runs_a_config_selected_by_one_flag():
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    target = "results/cifar10/clip_vit_b16/lp/metrics.csv"
+    out = run_cli(str(BIN / "snakemake"), "-n", "-p", target, "--config", "params=configs/lpft.yaml",
+                  cwd=REPO, env=env).stdout
+    assert "python -m pipeline prepare_data --dataset cifar10 --params configs/lpft.yaml" in out
+    assert "python -m pipeline linear_probe --dataset cifar10 --model clip_vit_b16 --params configs/lpft.yaml" in out
+
+
+def test_one_datasets_jobs_by_one_more_flag():
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    out = run_cli(str(BIN / "snakemake"), "-n", "--config", "params=configs/lpft.yaml", "datasets=cifar10",
+                  cwd=REPO, env=env).stdout
+    jobs = dict(re.findall(r"^(\w+)\s+(\d+)\s*$", out.split("Job stats:", 1)[1], re.M))
+    cfg = load_params(REPO / "configs/lpft.yaml")
+    runs = [r for r in STAGES_BY_NAME["finetune"].jobs(cfg) if r["dataset"] == "cifar10"]
+    assert jobs["prepare_data"] == "1" and int(jobs["finetune"]) == len(runs) == 2 * 6 * 3
+    assert "report" not in jobs and "paper" not in jobs
+    res = run_cli(str(BIN / "snakemake"), "-n", "--config", "datasets=nope", cwd=REPO, env=env, check=False)
+    assert res.returncode != 0 and "'nope' is not in experiment.datasets" in res.stderr

@@ -1,0 +1,94 @@
+"""Several GPUs for one fine-tune: torchrun + DDP, tested on CPU with the gloo backend and 2 processes."""
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from conftest import PYTHON, tiny_params
+from pipeline.config import load_params
+from pipeline.stages import STAGES_BY_NAME
+
+RUN = ["--dataset", "digits", "--model", "tiny", "--method", "ft_adamw", "--hp", "default", "--seed", "0"]
+MODEL = Path("results/digits/tiny/ft_adamw/default/seed0/model.safetensors")
+
+
+def write_params(root: Path, gpus: int) -> dict:
+    cfg = tiny_params()
+    cfg["experiment"]["methods"] = ["ft_adamw"]
+    cfg["wise_ft"]["methods"] = ["ft_adamw"]
+    cfg["datasets"]["digits"]["train_augment"] = {"crop_scale": [0.5, 1.0], "hflip": True}
+    cfg["finetune"].update(epochs=2, batch_size=8)
+    cfg["methods"]["ft_adamw"]["gpus"] = gpus
+    (root / "params.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return load_params(root / "params.yaml")
+
+
+def run(root: Path, command: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PIPELINE_THREADS": "1",
+           "PATH": f"{Path(PYTHON).parent}:{os.environ['PATH']}"}
+    res = subprocess.run(command, shell=True, cwd=root, env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return res
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+@pytest.fixture(scope="module")
+def single_and_ddp(tmp_path_factory):
+    from pipeline.data.prepare import main as prepare_main
+    from pipeline.models.weights import main as backbone_main
+
+    root = tmp_path_factory.mktemp("ddp")
+    cfg = write_params(root, gpus=1)
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        assert prepare_main(["--dataset", "digits"]) == 0
+        assert backbone_main(["--model", "tiny"]) == 0
+    finally:
+        os.chdir(cwd)
+    st, wc = STAGES_BY_NAME["finetune"], dict(zip(RUN[::2], RUN[1::2]))
+    wc = {k.lstrip("-"): v for k, v in wc.items()}
+    single_cmd = st.command(wc, cfg=cfg)
+    run(root, single_cmd)
+    single = weights(root / MODEL)
+    (root / MODEL).unlink()
+    cfg = write_params(root, gpus=2)
+    ddp_cmd = st.command(wc, cfg=cfg)
+    res = run(root, ddp_cmd)
+    return single_cmd, ddp_cmd, single, weights(root / MODEL), res, st.gpus(cfg, wc)
+
+
+def test_two_processes_are_launched_by_torchrun_and_ask_for_two_gpus(single_and_ddp):
+    single_cmd, ddp_cmd, _, _, _, gpus = single_and_ddp
+    assert single_cmd.startswith("python -m pipeline finetune")
+    assert ddp_cmd.startswith("python -m torch.distributed.run --standalone --nproc_per_node 2 -m pipeline finetune")
+    assert gpus == 2
+
+
+def test_ddp_takes_the_same_steps_as_one_process(single_and_ddp):
+    _, _, single, ddp, _, _ = single_and_ddp
+    assert single.keys() == ddp.keys()
+    moved = [k for k in single if single[k].is_floating_point()]
+    for k in moved:   # equal up to the order of the gradient sums
+        torch.testing.assert_close(ddp[k], single[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_both_ranks_ran(single_and_ddp):
+    res = single_and_ddp[4]
+    assert (res.stdout + res.stderr).count("finetune dataset=digits model=tiny") == 2   # one per rank
+
+
+def test_batch_must_split_over_ranks():
+    from pipeline.training.distributed import Dist
+
+    assert Dist(1, 2).shard(8) == slice(4, 8)
+    with pytest.raises(ValueError, match="does not split over 3 processes"):
+        Dist(0, 3).shard(8)
