@@ -32,7 +32,7 @@ tex:
 	else echo "warning: could not install TeX Live; the paper stage will say how (apt-get install $$pkgs)"; fi
 
 demo: setup
-	snakemake --cores $(CORES)
+	snakemake --cores $(CORES) --rerun-incomplete
 	$(MAKE) --no-print-directory dvc-commit
 	@echo "done: paper/main.pdf"
 

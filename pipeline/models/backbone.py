@@ -109,12 +109,24 @@ def head_names(model: nn.Module) -> tuple[str, str]:
     return f"{prefix}.weight", f"{prefix}.bias"
 
 
+_GPU_SLOT = None   # held for the life of the process
+
+
 def default_device() -> torch.device:
-    """The job's device: ``PIPELINE_DEVICE`` if set, else a CUDA GPU (this rank's, under torchrun), else the CPU."""
+    """The job's device: ``PIPELINE_DEVICE`` if set, else a CUDA GPU (this rank's, under torchrun), else the CPU.
+
+    A single-process job on a machine with several GPUs and no scheduler pinning one
+    claims a free GPU first (:mod:`pipeline.gpu_slots`), so local jobs never share one.
+    """
     import os
 
+    global _GPU_SLOT
     if os.environ.get("PIPELINE_DEVICE"):
         return torch.device(os.environ["PIPELINE_DEVICE"])
+    if _GPU_SLOT is None and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        from pipeline.gpu_slots import claim_gpu
+
+        _GPU_SLOT = claim_gpu()   # sets CUDA_VISIBLE_DEVICES; a no-op without GPUs or when already pinned
     if torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return torch.device("cpu")
