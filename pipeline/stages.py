@@ -154,7 +154,7 @@ class Stage:
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 PLUMBING = frozenset({"pipeline", "pipeline.cli", "pipeline.config", "pipeline.io", "pipeline.stages",
-                      "pipeline.compat", "pipeline.dvc_render", "pipeline.dvc_commit"})
+                      "pipeline.compat", "pipeline.dvc_render", "pipeline.dvc_commit", "pipeline.gpu_slots"})
 
 
 @functools.lru_cache(maxsize=None)
