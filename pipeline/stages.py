@@ -62,9 +62,9 @@ class Stage:
     directories: frozenset[str] = frozenset()
     # Which wildcard combinations are jobs (e.g. WiSE-FT only for the methods listed).
     select: Select | None = None
-    # Modules (or shipped .json data files) a job reads besides the stage module, per job:
-    # e.g. the dataset's source module.
-    extra_modules: Callable[[dict, dict], list[str]] | None = None
+    # Source and data files (repo-relative) a job reads besides the stage module's, per job:
+    # e.g. the dataset's source module and the class lists it ships.
+    extra_code: Callable[[dict, dict], list[str]] | None = None
     # One thread by default: on a small machine two 1-thread jobs beat one 2-thread
     # job; a cluster profile raises it per stage (set-threads).
     threads: int = 1
@@ -115,11 +115,8 @@ class Stage:
         that editing an error message does not invalidate every result.
         """
         files = list(source_files(self.module))
-        if self.extra_modules is not None and cfg is not None and wc is not None:
-            for mod in self.extra_modules(cfg, wc):
-                # a module name, or a data file shipped in the package (e.g. BREEDS class lists)
-                extra = [mod] if mod.endswith(".json") else source_files(mod)
-                files += [f for f in extra if f not in files]
+        if self.extra_code is not None and cfg is not None and wc is not None:
+            files += [f for f in self.extra_code(cfg, wc) if f not in files]
         return files
 
     def ranks(self, cfg: dict, wc: dict) -> int:
@@ -222,9 +219,9 @@ def _finetune_ranks(cfg: dict, wc: dict) -> int:
     return int(method_settings(cfg, wc["method"], wc["hp"], wc["dataset"])["gpus"])
 
 
-def _source_module(cfg: dict, wc: dict) -> list[str]:
-    source = cfg["datasets"][wc["dataset"]]["source"]
-    return [SOURCES[source].module, *SOURCES[source].data_files]
+def _source_code(cfg: dict, wc: dict) -> list[str]:
+    spec = SOURCES[cfg["datasets"][wc["dataset"]]["source"]]
+    return [*source_files(spec.module), *spec.data_files]
 
 
 # --- input functions: (cfg, wildcards) -> {name: path or [paths]} -----------------------------
@@ -292,7 +289,7 @@ STAGES: tuple[Stage, ...] = (
           "Build or decode a dataset once into uint8 shards + metadata.csv.",
           ("dataset",), {"data": PREPARED}, lambda cfg, wc: {},
           params=tuple(f"datasets.{{dataset}}.{k}" for k in PREPARE_KEYS), directories=frozenset({"data"}),
-          extra_modules=_source_module, threads=4, runtime=240, mem_mb=8000),
+          extra_code=_source_code, threads=4, runtime=240, mem_mb=8000),
     Stage("backbone", "pipeline.models.weights",
           "Convert the configured pretrained weights into one timm-layout safetensors file.",
           ("model",), {"weights": WEIGHTS}, lambda cfg, wc: {},

@@ -62,3 +62,26 @@ def run_fabricated(tmp_path_factory, name: str, fabricate, entry: dict):
     raw = fabricate(work / "raw")
     with pytest.MonkeyPatch.context() as mp:
         return run_dataset_stages(work, name, {**entry, "root": str(raw)}, mp)
+
+
+def prepare_inputs(root: Path, cfg: dict, dataset: str = "digits", model: str = "tiny") -> None:
+    """Write ``cfg`` as root/params.yaml and run prepare_data and backbone there (a fine-tune's inputs)."""
+    import os
+
+    from pipeline.data.prepare import main as prepare_main
+    from pipeline.models.weights import main as backbone_main
+
+    (root / "params.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        assert prepare_main(["--dataset", dataset]) == 0
+        assert backbone_main(["--model", model]) == 0
+    finally:
+        os.chdir(cwd)
+
+
+def load_weights(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))

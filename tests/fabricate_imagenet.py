@@ -61,3 +61,20 @@ def write_breeds_list(root: Path, task: str, superclasses: list[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"name": task, "superclasses": superclasses}, indent=1))
     return path
+
+
+def break_imagenet_folders(raw: Path, case: str, val_wnid: str) -> Path | None:
+    """Break the ImageNet train/val folders of a fabricated copy as ``case`` says; returns the path the
+    error must name, or None for a case this function does not know."""
+    import shutil
+
+    if case == "no_root":
+        shutil.rmtree(raw)
+        return raw / "imagenet" / "train"
+    if case == "no_val":
+        shutil.rmtree(raw / "imagenet/val")
+        return raw / "imagenet" / "val"
+    if case == "val_lacks_class":
+        shutil.rmtree(raw / "imagenet/val" / val_wnid)
+        return raw / "imagenet" / "val" / val_wnid
+    return None

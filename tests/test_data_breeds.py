@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
 import torch
 from dataset_stages import metric, run_fabricated
-from fabricate_imagenet import fabricate_imagenet, write_breeds_list
+from fabricate_imagenet import break_imagenet_folders, fabricate_imagenet, write_breeds_list
 
 from pipeline.data.prepare import prepare
 from pipeline.data.sources import breeds
@@ -138,21 +137,15 @@ def test_shipped_list_of_wrong_shape_is_refused(tmp_path, monkeypatch):
 
 
 def _break(raw: Path, case: str) -> Path:
-    if case == "no_root":
-        shutil.rmtree(raw)
-        return raw / "imagenet" / "train"
-    if case == "no_val":
-        shutil.rmtree(raw / "imagenet/val")
-        return raw / "imagenet" / "val"
-    if case == "no_subclass_val":
-        shutil.rmtree(raw / "imagenet/val" / W[4])
-        return raw / "imagenet" / "val" / W[4]
+    missing = break_imagenet_folders(raw, case, W[4])
+    if missing is not None:
+        return missing
     bad = sorted((raw / "imagenet/val" / W[5]).iterdir())[1]
     bad.write_bytes(b"GIF89a truncated")
     return bad
 
 
-@pytest.mark.parametrize("case", ["no_root", "no_val", "no_subclass_val", "corrupt_image"])
+@pytest.mark.parametrize("case", ["no_root", "no_val", "val_lacks_class", "corrupt_image"])
 def test_missing_or_broken_data(tmp_path, case):
     raw = tiny(tmp_path / "raw")
     missing = _break(raw, case)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from dataset_stages import metric, run_fabricated
-from fabricate_imagenet import R_WNIDS, WNIDS, fabricate_imagenet, write_jpeg
+from fabricate_imagenet import R_WNIDS, WNIDS, break_imagenet_folders, fabricate_imagenet, write_jpeg
 
 from pipeline.data.prepare import prepare
 from pipeline.data.sources import imagenet
@@ -123,15 +123,9 @@ def test_default_holdout_is_two_percent(tmp_path):
 
 def _break(raw: Path, case: str) -> Path:
     """Break the fabricated copy; returns the path the error must name."""
-    if case == "no_root":
-        shutil.rmtree(raw)
-        return raw / "imagenet" / "train"
-    if case == "no_val":
-        shutil.rmtree(raw / "imagenet/val")
-        return raw / "imagenet" / "val"
-    if case == "val_lacks_class":
-        shutil.rmtree(raw / "imagenet/val" / WNIDS[3])
-        return raw / "imagenet" / "val" / WNIDS[3]
+    missing = break_imagenet_folders(raw, case, WNIDS[3])
+    if missing is not None:
+        return missing
     if case == "no_variant":
         shutil.rmtree(raw / "imagenet-a")
         return raw / "imagenet-a"

@@ -8,22 +8,22 @@ import torch
 import yaml
 
 from conftest import PYTHON, tiny_params
+from dataset_stages import load_weights, prepare_inputs
 from pipeline.config import load_params
 from pipeline.stages import STAGES_BY_NAME
 
-RUN = ["--dataset", "digits", "--model", "tiny", "--method", "ft_adamw", "--hp", "default", "--seed", "0"]
+WC = {"dataset": "digits", "model": "tiny", "method": "ft_adamw", "hp": "default", "seed": "0"}
 MODEL = Path("results/digits/tiny/ft_adamw/default/seed0/model.safetensors")
 
 
-def write_params(root: Path, gpus: int) -> dict:
+def params(gpus: int) -> dict:
     cfg = tiny_params()
     cfg["experiment"]["methods"] = ["ft_adamw"]
     cfg["wise_ft"]["methods"] = ["ft_adamw"]
     cfg["datasets"]["digits"]["train_augment"] = {"crop_scale": [0.5, 1.0], "hflip": True}
     cfg["finetune"].update(epochs=2, batch_size=8)
     cfg["methods"]["ft_adamw"]["gpus"] = gpus
-    (root / "params.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return load_params(root / "params.yaml")
+    return cfg
 
 
 def run(root: Path, command: str) -> subprocess.CompletedProcess:
@@ -34,36 +34,21 @@ def run(root: Path, command: str) -> subprocess.CompletedProcess:
     return res
 
 
-def weights(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(str(path))
-
-
 @pytest.fixture(scope="module")
 def single_and_ddp(tmp_path_factory):
-    from pipeline.data.prepare import main as prepare_main
-    from pipeline.models.weights import main as backbone_main
-
     root = tmp_path_factory.mktemp("ddp")
-    cfg = write_params(root, gpus=1)
-    cwd = os.getcwd()
-    os.chdir(root)
-    try:
-        assert prepare_main(["--dataset", "digits"]) == 0
-        assert backbone_main(["--model", "tiny"]) == 0
-    finally:
-        os.chdir(cwd)
-    st, wc = STAGES_BY_NAME["finetune"], dict(zip(RUN[::2], RUN[1::2]))
-    wc = {k.lstrip("-"): v for k, v in wc.items()}
-    single_cmd = st.command(wc, cfg=cfg)
+    prepare_inputs(root, params(gpus=1))
+    st = STAGES_BY_NAME["finetune"]
+    cfg = load_params(root / "params.yaml")
+    single_cmd = st.command(WC, cfg=cfg)
     run(root, single_cmd)
-    single = weights(root / MODEL)
+    single = load_weights(root / MODEL)
     (root / MODEL).unlink()
-    cfg = write_params(root, gpus=2)
-    ddp_cmd = st.command(wc, cfg=cfg)
+    (root / "params.yaml").write_text(yaml.safe_dump(params(gpus=2), sort_keys=False))
+    cfg = load_params(root / "params.yaml")
+    ddp_cmd = st.command(WC, cfg=cfg)
     res = run(root, ddp_cmd)
-    return single_cmd, ddp_cmd, single, weights(root / MODEL), res, st.gpus(cfg, wc)
+    return single_cmd, ddp_cmd, single, load_weights(root / MODEL), res, st.gpus(cfg, WC)
 
 
 def test_two_processes_are_launched_by_torchrun_and_ask_for_two_gpus(single_and_ddp):

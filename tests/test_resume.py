@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from conftest import PYTHON, tiny_params
+from dataset_stages import load_weights, prepare_inputs
 
 RUN = ["--dataset", "digits", "--model", "tiny", "--method", "ft_adamw", "--hp", "default", "--seed", "0"]
 RUN_DIR = Path("results/digits/tiny/ft_adamw/default/seed0")
@@ -27,9 +27,6 @@ STEPS = 3 * 7   # 3 epochs x 7 batches of 8 from 60 training images
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     """Prepared data and weights for a run with augmentation and dropout (both draw random numbers)."""
-    from pipeline.data.prepare import main as prepare_main
-    from pipeline.models.weights import main as backbone_main
-
     root = tmp_path_factory.mktemp("resume")
     cfg = tiny_params()
     cfg["experiment"]["methods"] = ["ft_adamw"]
@@ -37,14 +34,7 @@ def workdir(tmp_path_factory):
     cfg["datasets"]["digits"]["train_augment"] = {"crop_scale": [0.5, 1.0], "hflip": True}
     cfg["models"]["tiny"]["model_kwargs"] = {"drop_rate": 0.2}
     cfg["finetune"].update(epochs=3, batch_size=8)
-    (root / "params.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    cwd = os.getcwd()
-    os.chdir(root)
-    try:
-        assert prepare_main(["--dataset", "digits"]) == 0
-        assert backbone_main(["--model", "tiny"]) == 0
-    finally:
-        os.chdir(cwd)
+    prepare_inputs(root, cfg)
     return root
 
 
@@ -52,12 +42,6 @@ def finetune(root: Path, **env) -> subprocess.Popen:
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "PIPELINE_THREADS": "1", **env}
     return subprocess.Popen([PYTHON, "-m", "pipeline", "finetune", *RUN], cwd=root, env=full_env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def weights(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(str(path))
 
 
 def clean(root: Path) -> None:
@@ -70,7 +54,7 @@ def uninterrupted(workdir):
     proc = finetune(workdir)
     out, _ = proc.communicate()
     assert proc.returncode == 0, out[-3000:]
-    reference = weights(workdir / RUN_DIR / "model.safetensors")
+    reference = load_weights(workdir / RUN_DIR / "model.safetensors")
     history = (workdir / RUN_DIR / "history.csv").read_text()
     clean(workdir)
     return reference, history
@@ -96,7 +80,7 @@ def test_sigterm_at_random_steps_resumes_bit_for_bit(workdir, uninterrupted):
     out, _ = proc.communicate()
     assert proc.returncode == 0, out[-3000:]
     assert "resuming from" in out
-    assert_same_weights(weights(workdir / RUN_DIR / "model.safetensors"), reference)
+    assert_same_weights(load_weights(workdir / RUN_DIR / "model.safetensors"), reference)
     drop_time = lambda text: [line.split(",")[:5] for line in text.splitlines()]  # noqa: E731
     assert drop_time((workdir / RUN_DIR / "history.csv").read_text()) == drop_time(history)
     assert not (workdir / CKPT_DIR).exists()                          # removed once the outputs exist
@@ -116,7 +100,7 @@ def test_sigusr1_from_outside_checkpoints_and_resumes(workdir, uninterrupted):
     proc = finetune(workdir)
     out, _ = proc.communicate()
     assert proc.returncode == 0, out[-3000:]
-    assert_same_weights(weights(workdir / RUN_DIR / "model.safetensors"), reference)
+    assert_same_weights(load_weights(workdir / RUN_DIR / "model.safetensors"), reference)
     clean(workdir)
 
 
@@ -135,14 +119,14 @@ def test_sigkill_at_random_moments_leaves_no_finished_looking_output(workdir, un
         present = [name for name in OUTPUTS if (workdir / RUN_DIR / name).exists()]
         # Outputs appear only by atomic rename, all at the end: a killed job has none or whole ones.
         if present:
-            assert weights(workdir / RUN_DIR / "model.safetensors").keys() == reference.keys()
+            assert load_weights(workdir / RUN_DIR / "model.safetensors").keys() == reference.keys()
         assert not [p for p in (workdir / RUN_DIR).glob("*") if p.name.startswith(".tmp-") and p.name in OUTPUTS]
     assert kills >= 1
     proc = finetune(workdir)
     out, _ = proc.communicate()
     assert proc.returncode == 0, out[-3000:]
     assert all((workdir / RUN_DIR / name).is_file() for name in OUTPUTS)
-    assert_same_weights(weights(workdir / RUN_DIR / "model.safetensors"), reference)
+    assert_same_weights(load_weights(workdir / RUN_DIR / "model.safetensors"), reference)
     clean(workdir)
 
 
@@ -158,5 +142,5 @@ def test_a_checkpoint_from_other_settings_is_not_resumed(workdir, uninterrupted,
     proc = finetune(workdir)
     out, _ = proc.communicate()
     assert proc.returncode == 0 and "ignoring checkpoint" in out and "resuming" not in out
-    assert_same_weights(weights(workdir / RUN_DIR / "model.safetensors"), uninterrupted[0])
+    assert_same_weights(load_weights(workdir / RUN_DIR / "model.safetensors"), uninterrupted[0])
     clean(workdir)

@@ -51,7 +51,7 @@ def probe_rows(result: SweepResult, splits: dict, meta: dict, data: PreparedData
     rows: list[dict] = []
     for name in data.split_names:
         stored = data.physical(name)
-        if stored == meta["train_split"] or name == meta["train_split"]:
+        if stored == meta["train_split"]:
             continue
         logits = splits[stored]["features"].float() @ result.weight.T + result.bias
         rows += split_rows(data, name, logits)
