@@ -114,7 +114,7 @@ def test_sigkill_at_random_moments_leaves_no_finished_looking_output(workdir, un
     reference, _ = uninterrupted
     rng = random.Random(1)
     kills = 0
-    for target in sorted(rng.sample(range(2, STEPS - 1), 4)):
+    for target in sorted(rng.sample(range(2, STEPS - 1), 5)):
         proc = finetune(workdir, PIPELINE_CHECKPOINT_SECONDS="0")   # a checkpoint every step: kills land mid-write
         while latest_checkpoint_step(workdir) < target and proc.poll() is None:
             time.sleep(0.005)
@@ -129,7 +129,7 @@ def test_sigkill_at_random_moments_leaves_no_finished_looking_output(workdir, un
         if present:
             assert load_weights(workdir / RUN_DIR / "model.safetensors").keys() == reference.keys()
         assert not [p for p in (workdir / RUN_DIR).glob("*") if p.name.startswith(".tmp-") and p.name in OUTPUTS]
-    assert kills >= 3
+    assert kills >= 4
     proc = finetune(workdir)
     out, _ = proc.communicate()
     assert proc.returncode == 0, out[-3000:]
