@@ -1,5 +1,5 @@
 # make demo   set up, run the whole pipeline on the embedded default, compile paper/main.pdf
-# make test   set up, run the test suite (what CI runs)
+# make test   set up, lint, run the test suite (what CI runs)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -44,6 +44,7 @@ dvc-commit:
 	python -m pipeline dvc-commit
 
 test: setup
+	ruff check .
 	pytest -q
 
 # Run the DAG through DVC, then tell Snakemake its outputs are current: DVC

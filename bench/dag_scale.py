@@ -69,7 +69,8 @@ def demo_is_complete(env: dict) -> bool:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--configs", nargs="*", default=sorted(str(c.relative_to(REPO)) for c in REPO.glob("configs/*.yaml")))
+    p.add_argument("--configs", nargs="*",
+                   default=sorted(str(c.relative_to(REPO)) for c in REPO.glob("configs/*.yaml")))
     p.add_argument("--json", help="write the rows here")
     args = p.parse_args(argv)
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1", "DVC_NO_ANALYTICS": "1"}

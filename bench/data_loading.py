@@ -46,10 +46,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 from pipeline import compat
 
 compat.apply()  # before torchvision: the CPU wheel needs the op shim
-from torchvision import datasets, transforms
+from torchvision import datasets, transforms  # noqa: E402
 
-from pipeline.data.decode import decode_into
-from pipeline.data.tensors import normalize, random_resized_crop
+from pipeline.data.decode import decode_into  # noqa: E402
+from pipeline.data.tensors import normalize, random_resized_crop  # noqa: E402
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet
 CLASSES = 10

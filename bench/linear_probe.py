@@ -32,7 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from pipeline.training.logistic import SweepRow, c_grid, normalise, objective, scalar_stats, sweep  # noqa: E402
+from pipeline.training.logistic import SweepRow, c_grid, normalise, objective, scalar_stats, sweep
 
 DEFAULT_FEATURES = "results/digits/lite0/features.safetensors"
 

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pipeline import compat  # noqa: E402
+from pipeline import compat
 
 compat.apply()
 import timm  # noqa: E402

@@ -31,7 +31,7 @@ def ensure_torchvision() -> bool:
     """Make ``import torchvision`` work; returns True if the shim was needed."""
     global _TV_LIB
     try:
-        import torchvision  # noqa: F401
+        import torchvision
         return False
     except RuntimeError as e:
         if "torchvision::" not in str(e):

@@ -14,9 +14,9 @@ import ast
 import functools
 import hashlib
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from pipeline.config import DEFAULT_PARAMS, lookup
 from pipeline.data.sources import PREPARE_KEYS, SOURCES
@@ -154,7 +154,7 @@ PLUMBING = frozenset({"pipeline", "pipeline.cli", "pipeline.config", "pipeline.i
                       "pipeline.compat", "pipeline.dvc_render", "pipeline.dvc_commit", "pipeline.gpu_slots"})
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def source_files(module: str) -> list[str]:
     """Repo-relative paths of ``module`` and the non-plumbing pipeline modules it imports."""
     seen: list[str] = []
@@ -361,7 +361,7 @@ def job_inputs(st: Stage, cfg: dict, wc: dict, code: bool = True) -> dict[str, s
     return {**inputs, "code": st.code_files(cfg, wc)} if code else inputs
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _digest(files: tuple[str, ...]) -> str:
     h = hashlib.sha256()
     for f in files:

@@ -4,7 +4,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OUTDATED_IGNORE", "1")
 
-from pipeline import compat  # noqa: E402
+from pipeline import compat
 
 compat.apply()
 

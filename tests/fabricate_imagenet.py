@@ -41,7 +41,7 @@ def fabricate_imagenet(root: Path, wnids: list[str] = WNIDS, variants: tuple[str
         (root / "imagenet/LOC_synset_mapping.txt").write_text(
             "".join(f"{w} class {c}, synonym {c}\n" for c, w in enumerate(wnids)))
     if "imagenet_v2" in variants:
-        for c, wnid in enumerate(wnids):
+        for c in range(len(wnids)):
             _class_folder(root / "imagenetv2-matched-frequency-format-val" / str(c), COUNTS["imagenet_v2"],
                           f"v2{c}", ".jpeg", 2000 + c)
     for k, (variant, folder, subset, suffix) in enumerate((("imagenet_r", "imagenet-r", R_WNIDS, ".jpg"),

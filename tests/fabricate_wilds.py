@@ -46,7 +46,7 @@ def waterbirds(root: Path) -> Path:
     for split in range(3):
         for y in range(2):
             for place in range(2):
-                for k in range(2):
+                for _ in range(2):
                     i = len(rows) + 1
                     species = "001.Black_footed_Albatross" if y else "029.American_Crow"
                     rows.append({"img_id": i, "img_filename": f"{species}/{species[4:]}_{i:04d}.jpg", "y": y,

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import PYTHON, REPO, run_cli
+
 from pipeline.config import load_params
 from pipeline.data.sources import SOURCES
 from pipeline.dvc_render import render

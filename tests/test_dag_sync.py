@@ -3,9 +3,9 @@ import os
 from pathlib import Path
 
 import pytest
-
 from conftest import PYTHON, REPO, run_cli
 from dag import dvc_dag, snakemake_dag
+
 from pipeline.config import load_params
 from pipeline.dvc_render import CHECK_MARKER, CHECK_STAGE, render
 from pipeline.stages import STAGES, code_digest, source_files

@@ -4,14 +4,13 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from pipeline.data.digits import build_digits_task
 from pipeline.data.prepare import main as prepare_main
 from pipeline.data.shards import PreparedDataset, write_prepared
 from pipeline.data.tensors import random_resized_crop, to_float
 from pipeline.io import atomic_path
-
-import torch
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +22,7 @@ def task():
 def test_splits_shapes_and_domains(task):
     splits, info = task
     assert set(splits) == {"train", "id_val", "id_test", "ood_val", "ood_test"}
-    for name, (images, meta) in splits.items():
+    for images, meta in splits.values():
         assert images.dtype == np.uint8 and images.shape[1:] == (32, 32, 3)
         assert len(images) == len(meta)
     assert len(splits["train"][1]) == 50 and splits["train"][1]["label"].value_counts().eq(5).all()
@@ -91,10 +90,9 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path, task):
     with pytest.raises(ValueError, match="3 images but 50"):
         write_prepared(tmp_path / "ds", bad, info)
     assert list(tmp_path.iterdir()) == []
-    with pytest.raises(RuntimeError):
-        with atomic_path(tmp_path / "f.txt") as tmp:
-            tmp.write_text("half")
-            raise RuntimeError("killed")
+    with pytest.raises(RuntimeError), atomic_path(tmp_path / "f.txt") as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("killed")
     assert list(tmp_path.iterdir()) == []
 
 

@@ -58,8 +58,8 @@ def test_end_to_end(tmp_path: Path, raw: Path, monkeypatch) -> None:
     assert domains == {"train": ["cifar10"], "id_val": ["cifar10"], "id_test": ["cifar10"],
                        "ood_val": ["cifar10_1", "stl10"], "ood_test": ["cifar10_1", "stl10"]}
     for s in ("train", "id_val"):
-        assert data.split(s).metadata["label"].value_counts().to_dict() == {k: 4 if s == "train" else 1
-                                                                         for k in range(10)}
+        per_class = 4 if s == "train" else 1
+        assert data.split(s).metadata["label"].value_counts().to_dict() == dict.fromkeys(range(10), per_class)
     stl = data.split("ood_test").metadata.query("domain == 'stl10'")
     assert FROG not in set(stl["label"]) and len(set(stl["label"])) == 9    # no frog in STL, monkey dropped
     assert stl["source"].str.startswith("stl10:test:").all() and "stl10:test:7" not in set(stl["source"])  # monkey

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from conftest import PYTHON, tiny_params
 from dataset_stages import load_weights, prepare_inputs
+
 from pipeline.config import load_params
 from pipeline.stages import STAGES_BY_NAME
 

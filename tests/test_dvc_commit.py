@@ -4,6 +4,7 @@ import time
 from pathlib import Path
 
 from conftest import PYTHON, run_cli
+
 from pipeline.dvc_commit import commit_keeping_mtimes
 
 DVC = str(Path(PYTHON).parent / "dvc")

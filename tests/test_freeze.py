@@ -9,12 +9,12 @@ from torch import nn
 
 from pipeline import compat
 
-compat.apply()
-import timm
+compat.apply()  # before timm imports torchvision
+import timm  # noqa: E402
 
-from pipeline.analysis.grad_norms import layer_grad_norms, plot_grad_norms
-from pipeline.models.layers import FREEZE_ALIASES, freeze_bottom, layer_groups, resolve_freeze
-from pipeline.training.loop import set_bn_mode
+from pipeline.analysis.grad_norms import layer_grad_norms, plot_grad_norms  # noqa: E402
+from pipeline.models.layers import FREEZE_ALIASES, freeze_bottom, layer_groups, resolve_freeze  # noqa: E402
+from pipeline.training.loop import set_bn_mode  # noqa: E402
 
 SIZE = 32  # tiny inputs keep each forward/backward in the milliseconds
 FAMILIES = ["test_vit", "test_convnext", "test_resnet", "test_efficientnet"]
@@ -56,8 +56,9 @@ def test_every_param_in_exactly_one_group(name):
     assert sorted(names) == sorted(n for n, _ in model.named_parameters())
     assert len(names) == len(set(names))
     # Groups run input -> output: the last one is the classifier.
-    assert set(groups[-1][1]) == {n for n, _ in model.named_parameters() if n.split(".")[0] in ("head", "fc", "classifier")
-                                  and ".norm." not in n}
+    classifier = ("head", "fc", "classifier")
+    assert set(groups[-1][1]) == {n for n, _ in model.named_parameters()
+                                  if n.split(".")[0] in classifier and ".norm." not in n}
 
 
 @pytest.mark.parametrize("name", FAMILIES)
@@ -150,7 +151,8 @@ def test_k_out_of_range():
 
 def test_resolve_freeze():
     assert FREEZE_ALIASES == {"none": 0, "patch_embed": 1, "embed": 2}
-    assert [resolve_freeze(s) for s in ("none", "patch_embed", "embed", "Embed", 0, 2, 5, "3")] == [0, 1, 2, 2, 0, 2, 5, 3]
+    specs = ("none", "patch_embed", "embed", "Embed", 0, 2, 5, "3")
+    assert [resolve_freeze(s) for s in specs] == [0, 1, 2, 2, 0, 2, 5, 3]
     for bad in ("bogus", "", -1, "-1", True, 2.0, None):
         with pytest.raises(ValueError):
             resolve_freeze(bad)

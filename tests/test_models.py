@@ -5,8 +5,14 @@ import torch
 from PIL import Image
 from sklearn.datasets import load_sample_images
 
-from pipeline.models.backbone import (convert_packaged, create_model, load_state, normalization, remap_by_order,
-                                      save_state)
+from pipeline.models.backbone import (
+    convert_packaged,
+    create_model,
+    load_state,
+    normalization,
+    remap_by_order,
+    save_state,
+)
 from pipeline.models.weights import main as backbone_main
 from pipeline.models.weights import resolve_weights
 

@@ -14,7 +14,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import PYTHON, REPO, run_cli, tiny_params
 
 BIN = Path(PYTHON).parent

@@ -202,8 +202,8 @@ def test_metrics_json_is_hierarchical(reported: Path) -> None:
     tree = json.loads(Path("results/report/metrics.json").read_text())
     assert list(tree) == ["digits"] and list(tree["digits"]) == ["lite0"]
     rows = tree["digits"]["lite0"]
-    assert set(rows) == {"lp", *METHODS, *SOUPS, *(f"{m}/wise_ft" for m in WISE), *(f"{m}/wise_ft_oracle" for m in WISE),
-                         "spd/oracle_hp"}
+    assert set(rows) == {"lp", *METHODS, *SOUPS, *(f"{m}/wise_ft" for m in WISE),
+                         *(f"{m}/wise_ft_oracle" for m in WISE), "spd/oracle_hp"}
     assert rows["ft_adamw"] == {"id_acc": pytest.approx(0.91), "ood_acc": pytest.approx(0.61)}
     assert rows["lp"]["id_acc"] == pytest.approx(0.85)
 
@@ -212,7 +212,8 @@ def test_table_is_escaped_booktabs(reported: Path) -> None:
     tex = Path("paper/tables/results.tex").read_text()
     for token in (r"\toprule", r"\midrule", r"\bottomrule", r"\label{tab:results}", r"\cmidrule(lr){4-6}",
                   r"\sbox0{\begin{tabular}{lcrrrr}", "sklearn\\_digits", "FT (AdamW) + WiSE-FT, alpha on OOD val",
-                  "SPD, grid point on OOD val", "Greedy soup", r"grid point \texttt{spd\_lambda1} chosen on ID val of 2"):
+                  "SPD, grid point on OOD val", "Greedy soup",
+                  r"grid point \texttt{spd\_lambda1} chosen on ID val of 2"):
         assert token in tex, token
     assert "selected on OOD val" in tex and "selected on ID val" in tex and r"std over 3 seeds" in tex
     assert r"50\% \& co\_x" in tex and ODD_LABEL not in tex

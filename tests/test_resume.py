@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import PYTHON, tiny_params
 from dataset_stages import load_weights, prepare_inputs
 

@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import PYTHON, run_cli, tiny_params
-from pipeline.config import ParamsError, validate
 from test_pipeline_e2e import copy_project
+
+from pipeline.config import ParamsError, validate
 
 BIN = Path(PYTHON).parent
 EVIL = "x'; touch INJECTED; echo \"$(touch INJECTED2)\" `touch INJECTED3` ; '"

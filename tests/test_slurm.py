@@ -71,7 +71,7 @@ def slurm(request, tmp_path_factory):
         pytest.skip("Slurm test cluster: needs root to install and run slurmctld/slurmd/munge")
     if shutil.which("apt-get") is None and shutil.which("slurmctld") is None:
         pytest.skip("Slurm test cluster: no apt-get to install Slurm (Debian/Ubuntu only)")
-    lock = open(LOCK, "w")
+    lock = open(LOCK, "w")  # noqa: SIM115 - held (and the flock with it) for the whole module
     deadline = time.monotonic() + 900
     while True:   # another session's Slurm tests: wait rather than stop its cluster under it
         try:
@@ -104,7 +104,7 @@ def slurm(request, tmp_path_factory):
         subprocess.run(["bash", str(SCRIPTS / "stop_slurm.sh")], env=env, capture_output=True, text=True,
                        timeout=300, check=False)
         # belt and braces: whatever this fixture started and still runs gets SIGKILL, by pid
-        for name, pid in _running(started):
+        for _name, pid in _running(started):
             os.kill(pid, 9)
         time.sleep(0.5)
         TIMINGS["stop_slurm"] = time.monotonic() - t1
@@ -138,7 +138,8 @@ def _one_job_cfg() -> dict:
 
 def _submitted(log: str) -> dict[str, str]:
     """Slurm job id -> rule, from Snakemake's 'rule X: ... jobid: N' blocks and submission lines."""
-    rules = {m[2]: m[1] for m in re.finditer(r"^(?:local)?rule (\w+):\n(?:    .*\n)*?    jobid: (\d+)$", log, re.MULTILINE)}
+    blocks = re.finditer(r"^(?:local)?rule (\w+):\n(?:    .*\n)*?    jobid: (\d+)$", log, re.MULTILINE)
+    rules = {m[2]: m[1] for m in blocks}
     return {sid: rules[jid] for jid, sid in re.findall(r"Job (\d+) has been submitted with SLURM jobid (\d+)", log)}
 
 

@@ -11,7 +11,10 @@ from pipeline.optimizers.spd import SPD
 
 
 def one_step(theta0, theta, grad, lam, lr=1.0, eps=0.0):
-    """One SPD step from anchor theta0 with weights moved to theta; float64, eps 0 so Adam's first step is -lr*sign(g)."""
+    """One SPD step from anchor theta0 with weights moved to theta.
+
+    float64 and eps 0, so Adam's first step is exactly -lr*sign(g).
+    """
     p = torch.nn.Parameter(torch.tensor(theta0, dtype=torch.float64))
     opt = SPD([p], lr=lr, eps=eps, lam=lam)
     with torch.no_grad():
@@ -234,7 +237,8 @@ def test_unnamed_group_reports_none():
     assert opt.projection_fractions()[0][0] is None and math.isnan(opt.projection_fractions()[0][1])
 
 
-@pytest.mark.skipif(not os.environ.get("SPD_TEST_COMPILED"), reason="needs torch.compile (5-20 s); set SPD_TEST_COMPILED=1")
+@pytest.mark.skipif(not os.environ.get("SPD_TEST_COMPILED"),
+                    reason="needs torch.compile (5-20 s); set SPD_TEST_COMPILED=1")
 def test_compiled_path_matches_eager(monkeypatch):
     monkeypatch.setattr(spd, "_COMPILED_MIN", 1)  # these tensors are tiny; compile them all
     eager, comp = make_params(torch.float32), make_params(torch.float32)

@@ -7,14 +7,14 @@ import torch
 
 from pipeline.data.prepare import main as prepare_main
 from pipeline.data.shards import PreparedDataset
-from pipeline.models.backbone import create_model, load_state, normalization
+from pipeline.models.backbone import create_model, init_head, load_state, normalization
 from pipeline.models.weights import main as backbone_main
-from pipeline.models.backbone import init_head
+from pipeline.optimizers.factory import build_optimizer
 from pipeline.training.finetune import main as finetune_main
 from pipeline.training.loop import LoopConfig, NonFiniteLossError, set_bn_mode, train
-from pipeline.optimizers.factory import build_optimizer
 
 RUN = "results/digits/tiny/ft_adamw/default/seed0"
+FT_ARGS = ["--dataset", "digits", "--model", "tiny", "--method", "ft_adamw", "--hp", "default", "--seed", "0"]
 
 
 @pytest.fixture
@@ -86,7 +86,7 @@ def test_nan_loss_writes_no_results(prepared):
     cfg["methods"]["ft_adamw"]["momentum"] = 0.9
     (prepared / "params.yaml").write_text(yaml.safe_dump(cfg))
     with pytest.raises(NonFiniteLossError, match="ft_adamw"):
-        finetune_main(["--dataset", "digits", "--model", "tiny", "--method", "ft_adamw", "--hp", "default", "--seed", "0"])
+        finetune_main(FT_ARGS)
     assert not (prepared / RUN).exists() or not any((prepared / RUN).iterdir())
 
 
@@ -106,7 +106,7 @@ def test_lp_head_initialisation(prepared, tmp_path):
 
 
 def test_finetune_stage_main_and_selection(prepared):
-    assert finetune_main(["--dataset", "digits", "--model", "tiny", "--method", "ft_adamw", "--hp", "default", "--seed", "0"]) == 0
+    assert finetune_main(FT_ARGS) == 0
     run = json.loads((prepared / RUN / "run.json").read_text())
     hist = pd.read_csv(prepared / RUN / "history.csv")
     assert run["selected_epoch"] in (0, 1) and len(run["config_hash"]) == 12

@@ -11,9 +11,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import numpy as np
 import matplotlib
 import matplotlib.style
+import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F

@@ -19,7 +19,8 @@ from PIL import Image
 
 CLASSES = [str(d) for d in range(10)]
 # Photos shipped inside the scikit-image / scikit-learn wheels (no pooch download).
-_SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "colorwheel")
+_SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry",
+                   "colorwheel")
 
 
 def load_mnist_5k() -> tuple[np.ndarray, np.ndarray]:

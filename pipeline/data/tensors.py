@@ -6,7 +6,7 @@ converted and normalised with the backbone's mean/std in a single pass.
 """
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -49,8 +49,8 @@ def random_resized_crop(images: np.ndarray | torch.Tensor, scale: tuple[float, f
     flip = (torch.rand(n, generator=generator) < 0.5) if hflip else torch.zeros(n, dtype=torch.bool)
     out = torch.empty((n, x.shape[3], h, w), dtype=torch.uint8)
     for i in range(n):
-        s, t, l = int(side[i]), int(top[i]), int(left[i])
-        crop = x[i, t:t + s, l:l + s].permute(2, 0, 1)
+        s, t, lft = int(side[i]), int(top[i]), int(left[i])
+        crop = x[i, t:t + s, lft:lft + s].permute(2, 0, 1)
         if s != h or s != w:
             crop = F.interpolate(crop[None], size=(h, w), mode="bilinear", align_corners=False)[0]
         out[i] = crop.flip(-1) if flip[i] else crop

@@ -19,7 +19,7 @@ Params: ``soups.methods``, ``evaluate.batch_size``, ``models.{model}``.
 from __future__ import annotations
 
 import logging
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import pandas as pd
 import torch
@@ -43,7 +43,7 @@ class RunningMean:
         self.dtypes = {k: v.dtype for k, v in first.items()}
         self.count = 1
 
-    def with_(self, other: State) -> "RunningMean":
+    def with_(self, other: State) -> RunningMean:
         """A new mean that also holds ``other`` (self is unchanged)."""
         out = RunningMean.__new__(RunningMean)
         out.sum = {k: v + other[k].double() if v.is_floating_point() else v for k, v in self.sum.items()}

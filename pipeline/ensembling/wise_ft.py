@@ -18,11 +18,10 @@ import pandas as pd
 from pipeline.cli import parse_job
 from pipeline.data.shards import PreparedDataset
 from pipeline.ensembling.interpolate import interpolate, pretrained_endpoint
-from pipeline.evaluation.metrics import ALL_DOMAINS, tidy
+from pipeline.evaluation.metrics import ALL_DOMAINS, read_tidy, tidy
 from pipeline.evaluation.predict import evaluate_model
 from pipeline.io import progress, write_csv
 from pipeline.models.backbone import default_device, head_names, load_state, model_from_config, normalization
-from pipeline.evaluation.metrics import read_tidy
 
 log = logging.getLogger(__name__)
 

@@ -41,7 +41,7 @@ def tidy(rows: list[dict], **ids) -> pd.DataFrame:
 def read_tidy(paths: list[str]) -> pd.DataFrame:
     """Concatenate tidy metric CSVs, with stable dtypes, sorted."""
     # Read names as strings: a domain or config hash made of digits must not turn into a number.
-    frames = [pd.read_csv(p, dtype={c: str for c in STRING_COLUMNS}, keep_default_na=False,
+    frames = [pd.read_csv(p, dtype=dict.fromkeys(STRING_COLUMNS, str), keep_default_na=False,
                           na_values={"alpha": [""], "value": [""], "n": [""], "seed": [""]}) for p in paths]
     if not frames:
         return pd.DataFrame({c: pd.Series(dtype=float if c in ("alpha", "value") else object) for c in COLUMNS})

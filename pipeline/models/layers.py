@@ -99,7 +99,7 @@ def layer_groups(model: nn.Module) -> list[tuple[str, list[str]]]:
     names = [n for n, _ in model.named_parameters()]
     groups = [(g, [n for n in names if any(_owned_by(n, p) for p in prefixes)]) for g, prefixes in spec]
 
-    counts: dict[str, int] = {n: 0 for n in names}
+    counts: dict[str, int] = dict.fromkeys(names, 0)
     for _, members in groups:
         for n in members:
             counts[n] += 1
@@ -115,7 +115,7 @@ def resolve_freeze(spec: str | int) -> int:
     # bool is an int subclass and True/False is almost surely a config slip. ValueError
     # (not TypeError) throughout, so callers parsing configs catch one exception type.
     if isinstance(spec, bool):
-        raise ValueError(f"freeze spec must be an int or one of {sorted(FREEZE_ALIASES)}, got {spec!r}")  # noqa: TRY004
+        raise ValueError(f"freeze spec must be an int or one of {sorted(FREEZE_ALIASES)}, got {spec!r}")
     if isinstance(spec, int):
         k = spec
     elif isinstance(spec, str) and spec.strip().lower() in FREEZE_ALIASES:

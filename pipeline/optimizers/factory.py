@@ -42,7 +42,10 @@ def _kernel(device: torch.device, fused_ok: bool) -> dict:
 
 
 def _weight_decay_groups(model: nn.Module, weight_decay: float) -> list:
-    """Trainable parameters; with weight decay, timm's two groups (no decay on 1-D tensors and model.no_weight_decay())."""
+    """Trainable parameters; with weight decay, timm's two groups.
+
+    No decay on 1-D tensors (norms, biases) and on ``model.no_weight_decay()``.
+    """
     if weight_decay > 0:
         skip = set(getattr(model, "no_weight_decay", lambda: set())())
         return param_groups_weight_decay(model, weight_decay, no_weight_decay_list=skip)

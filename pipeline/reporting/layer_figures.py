@@ -14,12 +14,11 @@ Seeds are then averaged. Only each method's grid point chosen on ID val is drawn
 """
 from __future__ import annotations
 
+import matplotlib
+import matplotlib.style
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-
-import matplotlib
-import matplotlib.style
 
 from pipeline.reporting.figures import STYLE
 

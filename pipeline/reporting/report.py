@@ -27,13 +27,19 @@ from __future__ import annotations
 
 import logging
 
-from pipeline.cli import parse_job
-from pipeline.io import write_csv, write_json, write_text
 import pandas as pd
 
 from pipeline.analysis.grad_norms import grad_norms_figure
-from pipeline.reporting.aggregate import (metrics_tree, read_runs, read_tidy, select_grid_points, summarise,
-                                          wise_ft_curves)
+from pipeline.cli import parse_job
+from pipeline.io import write_csv, write_json, write_text
+from pipeline.reporting.aggregate import (
+    metrics_tree,
+    read_runs,
+    read_tidy,
+    select_grid_points,
+    summarise,
+    wise_ft_curves,
+)
 from pipeline.reporting.figures import id_vs_ood_figure, save_figure
 from pipeline.reporting.layer_figures import layer_summary, layers_figure, read_layers
 from pipeline.reporting.tables import render_table

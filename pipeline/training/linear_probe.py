@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     save_state({"weight": result.weight, "bias": result.bias}, job.outputs["head"],
                metadata={"C": repr(row.C), "config_hash": job.config_hash})
     write_csv(job.outputs["sweep"], sweep_table(result))
-    write_csv(job.outputs["metrics"], tidy(probe_rows(result, splits, meta, PreparedDataset(job.inputs["data"])), dataset=wc["dataset"],
-                                           model=wc["model"], method="lp", hp=f"C{row.C:.3g}", seed=0,
-                                           config_hash=job.config_hash))
+    rows = probe_rows(result, splits, meta, PreparedDataset(job.inputs["data"]))
+    write_csv(job.outputs["metrics"], tidy(rows, dataset=wc["dataset"], model=wc["model"], method="lp",
+                                           hp=f"C{row.C:.3g}", seed=0, config_hash=job.config_hash))
     return 0

@@ -12,8 +12,8 @@ import math
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
@@ -92,7 +92,7 @@ class StopSignals:
         self.received: int | None = None
         self.inject_at = int(os.environ.get("PIPELINE_SIGNAL_AT_STEP", 0) or 0)
 
-    def __enter__(self) -> "StopSignals":
+    def __enter__(self) -> StopSignals:
         self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         return self
 
@@ -166,8 +166,9 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, train_split: Split
                 loss = F.cross_entropy(net(x[mine].to(device, non_blocking=True)), labels[idx][mine].to(device),
                                        label_smoothing=cfg.label_smoothing)
                 if not torch.isfinite(loss):
-                    raise NonFiniteLossError(f"{cfg.name}: loss is {loss.item()} at step {state['step'] + 1} "
-                                             f"(epoch {epoch}); stopping, no results written (lower the learning rate?)")
+                    step = state["step"] + 1
+                    raise NonFiniteLossError(f"{cfg.name}: loss is {loss.item()} at step {step} (epoch {epoch}); "
+                                             "stopping, no results written (lower the learning rate?)")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if after_backward is not None:

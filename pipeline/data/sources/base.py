@@ -13,9 +13,9 @@ of ``id_test`` (``Manifest.aliases``), stored once.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd

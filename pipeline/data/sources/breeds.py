@@ -50,8 +50,8 @@ DEFAULTS = {"id_val_fraction": 0.1, "ood_val_fraction": 0.1, "seed": 0}
 LAYOUT = IMAGENET_LAYOUT + """<root>/breeds/<living17|entity30>.json
                              optional: replaces the class list shipped in pipeline/data/breeds/
 """
-ORIGIN = (IMAGENET_ORIGIN + "; BREEDS class lists (Santurkar et al. 2021, https://github.com/MadryLab/BREEDS-Benchmarks) "
-          "ship in pipeline/data/breeds/")
+ORIGIN = (IMAGENET_ORIGIN + "; BREEDS class lists (Santurkar et al. 2021, "
+          "https://github.com/MadryLab/BREEDS-Benchmarks) ship in pipeline/data/breeds/")
 REGENERATE = """python - <<'EOF'
 import json, os
 from robustness.tools.breeds_helpers import ClassHierarchy, make_{task}, setup_breeds

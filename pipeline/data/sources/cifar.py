@@ -155,7 +155,7 @@ def _unpickle(name: str, path: Path) -> dict:
     with open(path, "rb") as f:
         try:
             obj = RestrictedUnpickler(f, encoding="bytes").load()
-        except Exception as e:  # noqa: BLE001 - a truncated or tampered pickle fails in many ways; all mean "broken"
+        except Exception as e:  # a truncated or tampered pickle fails in many ways; all mean "broken"
             raise _broken(name, path, f"unreadable CIFAR-10 python batch ({type(e).__name__}: {e})") from None
     if not isinstance(obj, dict):
         raise _broken(name, path, f"CIFAR-10 python batch holds a {type(obj).__name__}, not a dict")

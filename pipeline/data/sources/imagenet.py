@@ -39,8 +39,15 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.data.sources import DEFAULT_ROOT
-from pipeline.data.sources.base import (RECORD_COLUMNS, Manifest, MissingDataError, chosen_subset, holdout, list_images,
-                                        require)
+from pipeline.data.sources.base import (
+    RECORD_COLUMNS,
+    Manifest,
+    MissingDataError,
+    chosen_subset,
+    holdout,
+    list_images,
+    require,
+)
 
 VARIANTS = {"imagenet_v2": "imagenetv2-matched-frequency-format-val", "imagenet_r": "imagenet-r",
             "imagenet_sketch": "imagenet-sketch/sketch", "imagenet_a": "imagenet-a"}
