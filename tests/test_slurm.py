@@ -235,11 +235,14 @@ def test_local_profile_caps_cores_and_gpu_jobs(tmp_path):
 
 @pytest.mark.slow
 def test_tiny_dag_through_slurm(slurm, tmp_path, request):
+    """The tiny DAG on the cluster, with the fine-tune preempted once: Snakemake retries it and it resumes."""
     root = _project(tmp_path, _one_job_cfg())
     target = "results/report/results.csv"
+    # The first fine-tune attempt gets a real SIGTERM after step 2 of 4 (as from Slurm before a
+    # preemption): it checkpoints and exits 75; the profile's retry resumes it from that checkpoint.
+    env = {**_profile_env(), "PIPELINE_SIGNAL_AT_STEP": "2"}
     t0 = time.monotonic()
-    res = run_cli(str(BIN / "snakemake"), "--profile", "profiles/slurm", target, cwd=root, env=_profile_env(),
-                  check=False)
+    res = run_cli(str(BIN / "snakemake"), "--profile", "profiles/slurm", target, cwd=root, env=env, check=False)
     TIMINGS["tiny_dag"] = time.monotonic() - t0
     log = res.stdout + res.stderr
     assert res.returncode == 0, log[-4000:]
@@ -250,21 +253,30 @@ def test_tiny_dag_through_slurm(slurm, tmp_path, request):
     saved = "".join(p.read_text() for p in (root / ".snakemake/log").glob("*.snakemake.log"))
     assert all(f"SLURM jobid {sid} " in saved for sid in jobs), saved[-3000:]   # the run's log file too
     expected = Counter({"prepare_data": 1, "backbone": 1, "features": 1, "linear_probe": 1, "grad_norms": 1,
-                        "finetune": 1, "evaluate": 1, "report": 1})
+                        "finetune": 2, "evaluate": 1, "report": 1})
     assert Counter(jobs.values()) == expected, log[-4000:]
     _say(request, f"tiny DAG: {len(jobs)} Slurm jobs in {TIMINGS['tiny_dag']:.1f}s: "
          + ", ".join(f"{r}={sid}" for sid, r in sorted(jobs.items(), key=lambda x: int(x[0]))))
     rows = _sacct(jobs, "JobID,JobName,State,Partition,Timelimit,ReqMem,AllocTRES")
     assert set(rows) == set(jobs), rows
     assert len({r["JobName"] for r in rows.values()}) == 1   # the plugin names every job by the run's uuid
+    preempted, retried = sorted((s for s, r in jobs.items() if r == "finetune"), key=int)
     for sid, rule in jobs.items():
         row = rows[sid]
-        assert row["State"] == "COMPLETED" and row["Partition"] == "debug", row
+        if sid == preempted:
+            assert row["State"] == "FAILED", row   # the stage exits 75 ("checkpointed, run me again")
+        else:
+            assert row["State"] == "COMPLETED", row
+        assert row["Partition"] == "debug", row
         assert ("gres/gpu" in row["AllocTRES"]) == (rule in GPU_STAGES), row
-    finetune = rows[next(s for s, r in jobs.items() if r == "finetune")]
-    assert finetune["Timelimit"] == "04:00:00" and finetune["ReqMem"].startswith("16000M"), finetune
-    # the fine-tune may be requeued by Slurm (slurm-requeue) and gets SIGUSR1 before its limit
-    show = run_cli("scontrol", "show", "job", next(s for s, r in jobs.items() if r == "finetune"), cwd=root).stdout
+    assert rows[retried]["Timelimit"] == "04:00:00" and rows[retried]["ReqMem"].startswith("16000M"), rows[retried]
+    # the retry picked up the preempted attempt's checkpoint, and then removed it
+    ft_log = (root / "logs/finetune/digits/tiny/ft_adamw/default/0.log").read_text()
+    assert re.search(r"resuming from \S+step0+2 \(step 2\)", ft_log), ft_log[-3000:]
+    assert not (root / "checkpoints/digits/tiny/ft_adamw/default/seed0").exists()
+    _say(request, f"fine-tune preempted at step 2 (Slurm job {preempted}), resumed by job {retried}")
+    # the fine-tune may also be requeued by Slurm (slurm-requeue) and gets SIGUSR1 before its limit
+    show = run_cli("scontrol", "show", "job", retried, cwd=root).stdout
     assert "Requeue=1" in show, show
 
 
