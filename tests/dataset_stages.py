@@ -7,11 +7,16 @@ evaluate. It returns the prepared dataset and the tidy metrics of the run.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import yaml
 from conftest import tiny_params
+
+from pipeline.data.prepare import prepare
+from pipeline.data.sources.base import CorruptImageError, MissingDataError
 
 MODEL = "test_efficientnet"
 
@@ -84,3 +89,15 @@ def load_weights(path: Path) -> dict:
     from safetensors.torch import load_file
 
     return load_file(str(path))
+
+
+def prepare_fails(name: str, entry: dict, out: Path, culprit: Path, error: type[Exception]) -> str:
+    """Run prepare_data on broken data: it must raise ``error`` naming ``culprit`` and leave nothing behind."""
+    with pytest.raises(error, match=re.escape(str(culprit))) as info:
+        prepare(name, entry, str(out))
+    assert not out.exists() and not list(out.parent.glob(f".tmp-{name}*"))
+    return str(info.value)
+
+
+def broken_data_error(case: str) -> type[Exception]:
+    return CorruptImageError if case == "corrupt_image" else MissingDataError

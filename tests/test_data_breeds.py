@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from dataset_stages import metric, run_fabricated
+from dataset_stages import broken_data_error, metric, prepare_fails, run_fabricated
 from fabricate_imagenet import break_imagenet_folders, fabricate_imagenet, write_breeds_list
 
 from pipeline.data.prepare import prepare
 from pipeline.data.sources import breeds
-from pipeline.data.sources.base import CorruptImageError, MissingDataError
+from pipeline.data.sources.base import MissingDataError
 from pipeline.evaluation.official import split_rows
 
 W = [f"n0200000{i}" for i in range(6)]
@@ -149,11 +149,8 @@ def _break(raw: Path, case: str) -> Path:
 def test_missing_or_broken_data(tmp_path, case):
     raw = tiny(tmp_path / "raw")
     missing = _break(raw, case)
-    out = tmp_path / "data/prepared/l17"
-    error = CorruptImageError if case == "corrupt_image" else MissingDataError
-    with pytest.raises(error, match=re.escape(str(missing))) as info:
-        prepare("l17", entry(raw), str(out))
+    error = broken_data_error(case)
+    text = prepare_fails("l17", entry(raw), tmp_path / "data/prepared/l17", missing, error)
     if error is MissingDataError:
-        assert "expected layout" in str(info.value) and "<root>/imagenet/" in str(info.value)
-        assert "BREEDS" in str(info.value) and "image-net.org" in str(info.value)
-    assert not out.exists() and not list(out.parent.glob(".tmp-l17*"))
+        assert "expected layout" in text and "<root>/imagenet/" in text
+        assert "BREEDS" in text and "image-net.org" in text

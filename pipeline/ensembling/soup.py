@@ -104,13 +104,14 @@ def main(argv: list[str] | None = None) -> int:
     paths, metrics = list(job.inputs["models"]), list(job.inputs["metrics"])
     scores = [id_val_accuracy(m, val_split) for m in metrics]
     order = sorted(range(len(paths)), key=lambda i: -scores[i])   # stable: ties keep the run order
-    uniform: list[RunningMean] = []
+    uniform: RunningMean | None = None
 
     def ingredients():
         # Each checkpoint is read once: the greedy pass also accumulates the uniform soup.
+        nonlocal uniform
         for i in order:
             state = load_state(paths[i])
-            uniform[:] = [uniform[0].with_(state) if uniform else RunningMean(state)]
+            uniform = RunningMean(state) if uniform is None else uniform.with_(state)
             yield state
 
     def score(state: State) -> float:
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
 
     greedy, kept, greedy_val = greedy_soup(ingredients(), scores[order[0]], score)
     frames = []
-    for name, state, n in (("uniform_soup", uniform[0].state(), len(paths)), ("greedy_soup", greedy, sum(kept))):
+    for name, state, n in (("uniform_soup", uniform.state(), len(paths)), ("greedy_soup", greedy, sum(kept))):
         model.load_state_dict(state, strict=True)
         rows = evaluate_model(model, data, mean, std, batch)
         frames.append(tidy(rows, dataset=wc["dataset"], model=wc["model"], method=name, hp=f"{n}of{len(paths)}",
