@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export OUTDATED_IGNORE := 1
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup tex demo test repro dvc-yaml dvc-commit clean
+.PHONY: setup tex demo test repro dvc-yaml dvc-commit exps clean
 
 setup: $(VENV)/.installed tex
 
@@ -34,7 +34,9 @@ tex:
 demo: setup
 	snakemake --cores $(CORES) --rerun-incomplete
 	$(MAKE) --no-print-directory dvc-commit
-	@echo "done: paper/main.pdf"
+	@# the demo's results as the experiment `demo`, the baseline of `dvc exp run -S key=value` (needs a Git commit)
+	-dvc exp save --force --name demo --quiet
+	@echo "done: paper/main.pdf (compare experiments: make exps)"
 
 # Record what Snakemake produced in dvc.lock (and the DVC cache), so that
 # `dvc repro`, `dvc status` and `dvc metrics show` agree with Snakemake
@@ -52,6 +54,10 @@ test: setup
 repro:
 	dvc repro
 	snakemake --touch --cores 1 --quiet
+
+# DVC experiments (dvc exp run -S key=value) as one table: the params and metrics that differ.
+exps:
+	python -m pipeline exps
 
 # Re-render dvc.yaml after changing the experiment grid in params.yaml.
 dvc-yaml: $(VENV)/.installed

@@ -82,6 +82,8 @@ for st in STAGES:
             st.log,
         benchmark:
             st.benchmark
+        conda:
+            "envs/pipeline.yaml"
         threads: st.threads
         resources:
             gpu=_gpus(st),

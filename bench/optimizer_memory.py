@@ -28,11 +28,9 @@ from pipeline import compat
 compat.apply()
 import timm  # noqa: E402
 
+from pipeline.config.settings import default_settings  # noqa: E402
+from pipeline.methods.assemble import assemble  # noqa: E402
 from pipeline.models.backbone import head_names  # noqa: E402
-from pipeline.models.layers import freeze_bottom, resolve_freeze  # noqa: E402
-from pipeline.optimizers.factory import build_optimizer  # noqa: E402
-from pipeline.optimizers.l2sp import L2SP  # noqa: E402
-from pipeline.training.settings import TRAIN_DEFAULTS  # noqa: E402
 
 METHODS = {
     "SGD (momentum 0.9)": {"optimizer": "sgd", "lr": 1e-3},
@@ -68,11 +66,9 @@ def state_tensors(opt: torch.optim.Optimizer):
 
 def measure(base: torch.nn.Module, settings: dict, device: torch.device, steps: int = 2) -> dict:
     model = copy.deepcopy(base).to(device).train()
-    settings = {**TRAIN_DEFAULTS, **settings}
-    freeze_bottom(model, resolve_freeze(settings["freeze"]))
-    head = head_names(model)
-    opt, info = build_optimizer(model, settings, head, device)
-    reg = L2SP(model, settings["l2sp_alpha"], settings["l2sp_beta"], head)
+    method = assemble(model, {**default_settings(), **settings}, head_names(model), device)
+    opt, info = method.optimizer, method.facts
+    anchors = [a for h in method.hooks for a in getattr(h, "anchors", [])]
     size = model.pretrained_cfg["input_size"][-1]
     x, y = torch.randn(2, 3, size, size, device=device), torch.randint(0, 10, (2,), device=device)
     if device.type == "cuda":
@@ -81,20 +77,21 @@ def measure(base: torch.nn.Module, settings: dict, device: torch.device, steps: 
     for _ in range(steps):
         opt.zero_grad(set_to_none=False)
         F.cross_entropy(model(x), y).backward()
-        reg.add_grad_()
+        for hook in method.hooks:
+            hook.after_backward()
         opt.step()
     params = list(model.parameters())
     row = {
-        "trainable": info.trainable_params, "total": info.trainable_params + info.frozen_params,
+        "trainable": info["trainable_params"], "total": info["trainable_params"] + info["frozen_params"],
         "weights": storage_bytes(params), "grads": storage_bytes(p.grad for p in params if p.grad is not None),
-        "state": storage_bytes(list(state_tensors(opt)) + reg.anchors),
+        "state": storage_bytes(list(state_tensors(opt)) + anchors),
     }
     row["bytes"] = row["weights"] + row["grads"] + row["state"]
     if device.type == "cuda":
         torch.cuda.synchronize()
         row["cuda_after_step"] = torch.cuda.memory_allocated() / row["trainable"]
         row["cuda_peak"] = torch.cuda.max_memory_allocated() / row["trainable"]
-    del model, opt, reg
+    del model, opt, method, anchors
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return row

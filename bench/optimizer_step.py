@@ -38,7 +38,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from pipeline.optimizers.spd import SPD
+from pipeline.methods.spd import SPD
 
 
 class LoopSPD(torch.optim.Optimizer):

@@ -1,82 +1,24 @@
 """Command line: ``python -m pipeline <stage> --<wildcard> VALUE ...`` and tools.
 
-Every stage module exposes ``main(argv) -> int``; :func:`parse_job` gives it the
-validated config, its wildcard values, and its input/output paths taken from the
-stage registry, so paths are defined in one place only.
+Every stage module exposes ``main(argv) -> int`` and gets its job from
+:func:`pipeline.job.parse_job`; this module only dispatches to them (by name, from the stage
+registry) and turns the user-facing errors into one line and an exit code. Nothing imports it
+but ``python -m pipeline`` and the ``pipeline`` console script.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import logging
-import os
 import sys
-from dataclasses import dataclass
 
-from pipeline.config import ParamsError, config_hash, load_params
-from pipeline.io import Preempted, setup_logging
-from pipeline.stages import STAGES, STAGES_BY_NAME, Stage, job_inputs, stage
+from pipeline.config import ParamsError, load_params
+from pipeline.io import Preempted
+from pipeline.job import UndeclaredParamError
+from pipeline.stages import STAGES, STAGES_BY_NAME
 
 log = logging.getLogger("pipeline")
 PREEMPTED_EXIT = 75   # EX_TEMPFAIL
-
-
-@dataclass(frozen=True)
-class Job:
-    """One job of a stage, resolved against params.yaml."""
-
-    stage: Stage
-    cfg: dict
-    wildcards: dict[str, str]
-    inputs: dict
-    outputs: dict[str, str]
-    params: dict
-    config_hash: str
-
-    @property
-    def seed(self) -> int:
-        return int(self.wildcards.get("seed", 0))
-
-
-def parse_job(stage_name: str, argv: list[str] | None) -> Job:
-    """Parse a stage's argv, validate params.yaml and resolve the job."""
-    st = stage(stage_name)
-    parser = argparse.ArgumentParser(prog=f"python -m pipeline {st.name}", description=st.doc)
-    for w in st.wildcards:
-        parser.add_argument(f"--{w}", required=True)
-    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
-    args = parser.parse_args(argv)
-    setup_logging()
-    cfg = load_params(args.params)
-    wc = {w: str(getattr(args, w)) for w in st.wildcards}
-    for w, section in (("dataset", "datasets"), ("model", "models"), ("method", "methods")):
-        if w in wc and wc[w] not in cfg[section]:
-            raise ParamsError(f"{args.params}: {section}.{wc[w]}: not defined (--{w} {wc[w]})")
-    if "hp" in wc:
-        from pipeline.training.settings import hp_names
-
-        names = hp_names(cfg["methods"][wc["method"]])
-        if wc["hp"] not in names:
-            raise ParamsError(f"{args.params}: methods.{wc['method']}: no grid point {wc['hp']!r} "
-                              f"(its runs: {', '.join(names)})")
-    values = st.param_values(cfg, wc)
-    job = Job(st, cfg, wc, job_inputs(st, cfg, wc), st.output_paths(wc), values,
-              config_hash({"stage": st.name, "wildcards": wc, "params": values}))
-    set_threads()
-    log.info("%s %s config_hash=%s", st.name, " ".join(f"{k}={v}" for k, v in wc.items()), job.config_hash)
-    return job
-
-
-def set_threads() -> int:
-    """Use the threads the scheduler granted (PIPELINE_THREADS), else every core."""
-    n = int(os.environ.get("PIPELINE_THREADS", 0) or os.cpu_count() or 1)
-    try:
-        import torch
-
-        torch.set_num_threads(n)
-    except ImportError:
-        pass
-    return n
 
 
 def _validate(argv: list[str]) -> int:
@@ -88,8 +30,18 @@ def _validate(argv: list[str]) -> int:
     if args.write:
         from pipeline.io import write_text
 
-        write_text(args.write, f"{args.params} is valid (pipeline/schemas/params.schema.yaml)\n")
+        write_text(args.write, f"{args.params} is valid (pipeline/config/params.schema.yaml)\n")
     print(f"{args.params}: OK")
+    return 0
+
+
+def _schema(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m pipeline schema",
+                                description="Print the params.yaml JSON schema, completed from the registries.")
+    p.parse_args(argv)
+    from pipeline.config.schema import schema_text
+
+    sys.stdout.write(schema_text())
     return 0
 
 
@@ -99,13 +51,20 @@ def _export_dvc(argv: list[str]) -> int:
     return render_main(argv)
 
 
+def _exps(argv: list[str]) -> int:
+    from pipeline.dvc_exps import main as exps_main
+
+    return exps_main(argv)
+
+
 def _dvc_commit(argv: list[str]) -> int:
     from pipeline.dvc_commit import main as commit_main
 
     return commit_main(argv)
 
 
-TOOLS = {"validate": _validate, "export-dvc": _export_dvc, "dvc-commit": _dvc_commit}
+TOOLS = {"validate": _validate, "schema": _schema, "export-dvc": _export_dvc, "dvc-commit": _dvc_commit,
+         "exps": _exps}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,8 +73,10 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m pipeline <command> [options]\n\nstages:")
         for st in STAGES:
             print(f"  {st.name:14s} {st.doc}")
-        print("tools:\n  validate       check params.yaml\n  export-dvc     render dvc.yaml from the registry\n"
-              "  dvc-commit     record Snakemake's outputs in DVC, keeping their timestamps")
+        print("tools:\n  validate       check params.yaml\n  schema         print the params.yaml schema\n"
+              "  export-dvc     render dvc.yaml from the registry\n"
+              "  dvc-commit     record Snakemake's outputs in DVC, keeping their timestamps\n"
+              "  exps           DVC experiments as one params-versus-metrics table")
         return 0 if argv else 2
     cmd, rest = argv[0], argv[1:]
     try:
@@ -126,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         module = importlib.import_module(STAGES_BY_NAME[cmd].module)
         return int(module.main(rest) or 0)
-    except ParamsError as e:
+    except (ParamsError, UndeclaredParamError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Preempted as e:

@@ -27,6 +27,11 @@ HEADER = """\
 # while parsing the Snakefile, so this stage exists in dvc.yaml only.)
 CHECK_STAGE = "check_params"
 CHECK_MARKER = "results/params.ok"
+# What validation reads: the schema and the keys, defaults and names of the registries.
+CHECK_CODE = ["pipeline/config/params.schema.yaml", "pipeline/config/load.py", "pipeline/config/schema.py",
+              "pipeline/config/settings.py", "pipeline/methods/registry.py", "pipeline/data/sources/__init__.py"]
+# Metrics and plots are cached like every output, so that `dvc exp show` and `dvc plots diff`
+# read each experiment's values through its dvc.lock (git never tracks generated files).
 METRICS_OUTPUTS = {("report", "metrics")}
 PLOT_OUTPUTS = {("report", "figure_png")}
 
@@ -34,13 +39,16 @@ PLOT_OUTPUTS = {("report", "figure_png")}
 def render(cfg: dict, params_file: str = DEFAULT_PARAMS) -> str:
     stages: dict[str, dict] = {CHECK_STAGE: {
         "cmd": f"python -m pipeline validate {params_file} --write {CHECK_MARKER}",
-        "deps": [params_file, "pipeline/schemas/params.schema.yaml", "pipeline/config.py"],
+        "deps": [params_file, *CHECK_CODE],
         "outs": [{CHECK_MARKER: {"cache": False}}]}}
+    produced = {p for st in STAGES for wc in st.jobs(cfg) for p in st.output_paths(wc).values()}
     for st in STAGES:
         for wc in st.jobs(cfg):
-            entry: dict = {"cmd": st.command(wc, params_file, cfg)}
+            # The stage's threads, as Snakemake passes them: on a CPU the thread count changes the
+            # order of float sums, so both runners must use the same one to write the same bytes.
+            entry: dict = {"cmd": f"PIPELINE_THREADS={st.threads} {st.command(wc, params_file, cfg)}"}
             deps = flatten(job_inputs(st, cfg, wc))
-            if not st.inputs(cfg, wc):  # a root of the DAG: runs after validation
+            if not set(flatten(st.inputs(cfg, wc))) & produced:  # a root of the DAG: runs after validation
                 deps.insert(0, CHECK_MARKER)
             if deps:
                 entry["deps"] = deps
@@ -50,9 +58,9 @@ def render(cfg: dict, params_file: str = DEFAULT_PARAMS) -> str:
             outs, metrics, plots = [], [], []
             for name, path in st.output_paths(wc).items():
                 if (st.name, name) in METRICS_OUTPUTS:
-                    metrics.append({path: {"cache": False}})
+                    metrics.append(path)
                 elif (st.name, name) in PLOT_OUTPUTS:
-                    plots.append({path: {"cache": False}})
+                    plots.append(path)
                 else:
                     outs.append(path)
             entry["outs"] = outs

@@ -75,9 +75,25 @@ def write_csv(path: str | os.PathLike, df) -> None:
         df.to_csv(tmp, index=False, float_format="%.6g")
 
 
-def write_npy(path: str | os.PathLike, array: np.ndarray) -> None:
+def save_tensors(path: str | os.PathLike, tensors: dict, metadata: dict[str, str] | None = None) -> None:
+    """Write tensors as a safetensors file, atomically and byte-identically for identical inputs.
+
+    safetensors writes the metadata map in hash order, which changes from process to process;
+    the header is rewritten with sorted metadata (same length, same offsets, a valid file).
+    """
+    from safetensors.torch import save
+
+    blob = save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata)
+    size = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8:8 + size])
+    meta = header.pop("__metadata__", None)
+    ordered = ({"__metadata__": dict(sorted(meta.items()))} if meta else {}) | header
+    text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)   # the format pads the header to 8 bytes
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.save(f, array)
+        f.write(len(text).to_bytes(8, "little"))
+        f.write(text)
+        f.write(memoryview(blob)[8 + size:])
 
 
 def _json_default(o: Any) -> Any:

@@ -19,12 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.config import DEFAULT_PARAMS, lookup
+from pipeline.config.settings import hp_names, method_settings
 from pipeline.data.sources import PREPARE_KEYS, SOURCES
-from pipeline.training.settings import hp_names, method_settings
+from pipeline.methods.registry import INITS, OPTIMIZERS, POLICIES, REGULARISERS
 
 # Wildcard -> the experiment list it ranges over, and the regex it must match
 # (which also keeps any value out of reach of shell injection).
-# ``hp`` (a method's grid point, see pipeline.training.settings) ranges over the grid of
+# ``hp`` (a method's grid point, see pipeline.config.settings) ranges over the grid of
 # the job's method instead of an experiment list.
 WILDCARDS = {"dataset": "datasets", "model": "models", "method": "methods", "hp": None, "seed": "seeds"}
 WILDCARD_PATTERNS = {"dataset": r"[A-Za-z][A-Za-z0-9_]*", "model": r"[A-Za-z][A-Za-z0-9_]*",
@@ -41,6 +42,10 @@ SOUP_DIR = "results/{dataset}/{model}/soup/seed{seed}"
 GRAD_NORMS = "results/{dataset}/{model}/grad_norms.csv"
 ANALYSIS_DIR = "results/analysis"
 REPORT_DIR = "results/report"
+TEMPLATES = "paper/templates"
+# Jinja templates of LaTeX tables (paper/templates/<name>.tex.j2 -> paper/tables/<name>.tex): the
+# lpft_theory stage renders its own, the report every other one.
+LPFT_THEORY_TEMPLATE = f"{TEMPLATES}/lpft_theory.tex.j2"
 
 Inputs = Callable[[dict, dict], dict]
 Select = Callable[[dict, dict], bool]
@@ -58,6 +63,7 @@ class Stage:
     inputs: Inputs
     # Dotted params.yaml keys (templates); ``a.b.*`` means every key under a.b but ``grid``
     # (a run's grid values are in its path, so growing a grid leaves existing runs valid).
+    # The stage's code sees these keys only (pipeline.job.ParamsView).
     params: tuple[str, ...] = ()
     directories: frozenset[str] = frozenset()
     # Which wildcard combinations are jobs (e.g. WiSE-FT only for the methods listed).
@@ -150,8 +156,9 @@ class Stage:
 
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
-PLUMBING = frozenset({"pipeline", "pipeline.cli", "pipeline.config", "pipeline.io", "pipeline.stages",
-                      "pipeline.compat", "pipeline.dvc_render", "pipeline.dvc_commit", "pipeline.gpu_slots"})
+PLUMBING = frozenset({"pipeline", "pipeline.cli", "pipeline.job", "pipeline.config", "pipeline.config.load",
+                      "pipeline.config.schema", "pipeline.io", "pipeline.stages", "pipeline.compat",
+                      "pipeline.dvc_render", "pipeline.dvc_commit", "pipeline.gpu_slots"})
 
 
 @functools.cache
@@ -224,12 +231,35 @@ def _source_code(cfg: dict, wc: dict) -> list[str]:
     return [*source_files(spec.module), *spec.data_files]
 
 
+def _method_code(cfg: dict, wc: dict) -> list[str]:
+    """A run's method parts, loaded by name from the method registry: its optimizer, its head
+    initialisation, and every regulariser and policy (each decides from the settings whether it acts)."""
+    settings = method_settings(cfg, wc["method"], wc["hp"], wc["dataset"])
+    parts = [OPTIMIZERS[settings["optimizer"]], INITS[settings["init"]], *REGULARISERS.values(), *POLICIES.values()]
+    return list(dict.fromkeys(f for c in parts for f in source_files(c.module)))
+
+
+def _init_code(cfg: dict, wc: dict) -> list[str]:
+    return source_files(INITS[cfg["methods"][wc["method"]]["init"]].module)
+
+
+def report_templates() -> list[str]:
+    """The table templates the report renders: every one in paper/templates but the lpft_theory stage's."""
+    found = sorted(str(p.relative_to(PACKAGE_ROOT)) for p in (PACKAGE_ROOT / TEMPLATES).glob("*.tex.j2"))
+    return [t for t in found if t != LPFT_THEORY_TEMPLATE]
+
+
+def table_output(template: str) -> str:
+    """``paper/templates/<name>.tex.j2`` -> ``paper/tables/<name>.tex``."""
+    return f"paper/tables/{Path(template).name.removesuffix('.tex.j2')}.tex"
+
+
 # --- input functions: (cfg, wildcards) -> {name: path or [paths]} -----------------------------
 
-def _lp_head_if_needed(cfg: dict, wc: dict) -> dict:
-    if cfg["methods"][wc["method"]]["init"] == "lp":
-        return {"lp_head": f"{LP_DIR}/head.safetensors".format(**wc)}
-    return {}
+def _init_inputs(cfg: dict, wc: dict) -> dict:
+    """Extra inputs of the run's head initialisation (e.g. LP-FT's linear-probe head)."""
+    init = INITS[cfg["methods"][wc["method"]]["init"]]
+    return {name: STAGES_BY_NAME[st].outputs[out].format(**wc) for name, (st, out) in init.inputs.items()}
 
 
 def _data_and_weights(cfg, wc):
@@ -241,7 +271,7 @@ def _lp_inputs(cfg, wc):
 
 
 def _finetune_inputs(cfg, wc):
-    return {**_data_and_weights(cfg, wc), **_lp_head_if_needed(cfg, wc)}
+    return {**_data_and_weights(cfg, wc), **_init_inputs(cfg, wc)}
 
 
 def _evaluate_inputs(cfg, wc):
@@ -272,7 +302,7 @@ def _report_inputs(cfg, wc):
         "runs": [f"{RUN_DIR}/run.json".format(**r) for r in runs],
         "layers": [f"{RUN_DIR}/layers.csv".format(**r) for r in runs],
         "grad_norms": [GRAD_NORMS.format(**p) for p in pairs],
-        "templates": ["paper/templates/results_table.tex.j2"],
+        "templates": report_templates(),
     }
 
 
@@ -292,8 +322,7 @@ STAGES: tuple[Stage, ...] = (
           extra_code=_source_code, threads=4, runtime=240, mem_mb=8000),
     Stage("backbone", "pipeline.models.weights",
           "Convert the configured pretrained weights into one timm-layout safetensors file.",
-          ("model",), {"weights": WEIGHTS}, lambda cfg, wc: {},
-          params=("models.{model}.timm_name", "models.{model}.weights"), mem_mb=4000),
+          ("model",), {"weights": WEIGHTS}, lambda cfg, wc: {}, params=("models.{model}",), mem_mb=4000),
     Stage("features", "pipeline.models.features",
           "Pooled penultimate features of every split (eval mode), cached for LP and LP-FT.",
           ("dataset", "model"), {"features": FEATURES}, _data_and_weights,
@@ -315,7 +344,7 @@ STAGES: tuple[Stage, ...] = (
            "layers": f"{RUN_DIR}/layers.csv"},
           _finetune_inputs, params=("finetune", "methods.{method}.*", "models.{model}",
                                     "datasets.{dataset}.train_augment", "datasets.{dataset}.finetune"),
-          gpu=1, runtime=240, mem_mb=16000, processes=_finetune_ranks),
+          extra_code=_method_code, gpu=1, runtime=240, mem_mb=16000, processes=_finetune_ranks),
     Stage("evaluate", "pipeline.evaluation.evaluate",
           "Accuracy of the fine-tuned model on every split and domain.",
           RUN, {"metrics": f"{RUN_DIR}/metrics.csv"}, _evaluate_inputs,
@@ -325,7 +354,7 @@ STAGES: tuple[Stage, ...] = (
           "WiSE-FT: evaluate (1-a) pretrained + a fine-tuned over the alpha grid; a chosen on ID val.",
           RUN, {"curve": f"{RUN_DIR}/wise_ft.csv"}, _wise_ft_inputs,
           params=("wise_ft.alphas", "evaluate", "models.{model}", "methods.{method}.init"),
-          select=_wise_ft_selected, gpu=1, runtime=60, mem_mb=8000),
+          select=_wise_ft_selected, extra_code=_init_code, gpu=1, runtime=60, mem_mb=8000),
     Stage("soup", "pipeline.ensembling.soup",
           "Uniform and greedy model soups (Wortsman et al. 2022) of one seed's runs, greedy order by ID val.",
           ("dataset", "model", "seed"), {"metrics": f"{SOUP_DIR}/metrics.csv", "soup": f"{SOUP_DIR}/soup.json"},
@@ -333,12 +362,13 @@ STAGES: tuple[Stage, ...] = (
           select=_soups_enabled, gpu=1, runtime=60, mem_mb=8000),
     Stage("lpft_theory", "pipeline.analysis.lpft_theory",
           "LP vs FT vs LP-FT on the two-layer linear network of Kumar et al. 2022 (ID/OOD error table).",
-          (), {"results": f"{ANALYSIS_DIR}/lpft_theory.csv", "table": "paper/tables/lpft_theory.tex"},
-          lambda cfg, wc: {}, params=("analysis.lpft_theory",)),
+          (), {"results": f"{ANALYSIS_DIR}/lpft_theory.csv", "table": table_output(LPFT_THEORY_TEMPLATE)},
+          lambda cfg, wc: {"template": LPFT_THEORY_TEMPLATE}, params=("analysis.lpft_theory",)),
     Stage("report", "pipeline.reporting.report",
           "Tidy results.csv, the LaTeX table, the figures and metrics.json for `dvc metrics`.",
           (), {"results": f"{REPORT_DIR}/results.csv", "metrics": f"{REPORT_DIR}/metrics.json",
-               "table": "paper/tables/results.tex", "figure": "paper/figures/id_vs_ood.pdf",
+               **{f"table_{Path(t).name.removesuffix('.tex.j2')}": table_output(t) for t in report_templates()},
+               "figure": "paper/figures/id_vs_ood.pdf",
                "figure_png": "paper/figures/id_vs_ood.png", "grad_norms": "paper/figures/grad_norms.pdf",
                "layers": "paper/figures/layers.pdf"},
           _report_inputs, params=("report", "experiment.methods")),

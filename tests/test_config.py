@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from pipeline.config import ParamsError, config_hash, load_params, validate
-from pipeline.training.settings import method_settings
+from pipeline.config.settings import method_settings
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -108,7 +108,7 @@ def test_soups_and_wise_ft_methods_are_checked(cfg):
 
 
 def test_grid_points_and_run_names(cfg):
-    from pipeline.training.settings import grid_points, hp_names
+    from pipeline.config.settings import grid_points, hp_names
 
     cfg["methods"]["spd"]["grid"] = {"lr": [1e-4, 3e-5], "spd_lambda": [0.5, 1.0]}
     del cfg["methods"]["spd"]["lr"]

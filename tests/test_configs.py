@@ -8,10 +8,10 @@ import yaml
 from conftest import PYTHON, REPO, run_cli
 
 from pipeline.config import load_params
+from pipeline.config.settings import method_settings
 from pipeline.data.sources import SOURCES
 from pipeline.dvc_render import render
 from pipeline.stages import STAGES, STAGES_BY_NAME
-from pipeline.training.settings import method_settings
 
 CONFIGS = sorted(REPO.glob("configs/*.yaml"))
 BIN = Path(PYTHON).parent

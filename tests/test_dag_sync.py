@@ -88,3 +88,21 @@ def test_dvc_validates_params_before_every_stage(graphs):
         changed = bool(new)
     assert downstream == nodes - {CHECK_STAGE}
     assert CHECK_MARKER in (REPO / "dvc.yaml").read_text()
+
+
+def test_snakemake_lint_is_clean_and_every_rule_names_its_environment():
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    res = run_cli(str(BIN / "snakemake"), "--lint", cwd=REPO, env=env, check=False)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "Congratulations" in res.stdout + res.stderr
+    assert (REPO / "envs/pipeline.yaml").is_file() and 'conda:\n            "envs/pipeline.yaml"' in \
+        (REPO / "Snakefile").read_text()
+
+
+def test_every_table_template_is_rendered_by_a_stage():
+    cfg = load_params(REPO / "params.yaml")
+    rendered = {t for st in STAGES for wc in st.jobs(cfg)
+                for key, t in st.inputs(cfg, wc).items() if key in ("template", "templates")
+                for t in ([t] if isinstance(t, str) else t)}
+    on_disk = {str(p.relative_to(REPO)) for p in (REPO / "paper/templates").glob("*.j2")}
+    assert rendered == on_disk and len(on_disk) >= 2

@@ -12,8 +12,10 @@ from pipeline import compat
 compat.apply()  # before timm imports torchvision
 import timm  # noqa: E402
 
-from pipeline.analysis.grad_norms import layer_grad_norms, plot_grad_norms  # noqa: E402
+from pipeline.analysis.grad_norms import layer_grad_norms  # noqa: E402
 from pipeline.models.layers import FREEZE_ALIASES, freeze_bottom, layer_groups, resolve_freeze  # noqa: E402
+from pipeline.reporting.figures import save_figure  # noqa: E402
+from pipeline.reporting.layer_figures import grad_norms_figure  # noqa: E402
 from pipeline.training.loop import set_bn_mode  # noqa: E402
 
 SIZE = 32  # tiny inputs keep each forward/backward in the milliseconds
@@ -210,8 +212,7 @@ def test_layer_grad_norms(name):
         assert math.isnan(df.loc[df["group"] == "norm_pre", "grad_norm_per_param"].item())
 
 
-@pytest.mark.parametrize("suffix", ["png", "pdf"])
-def test_plot_grad_norms(tmp_path, suffix):
+def test_grad_norms_figure(tmp_path):
     gen = torch.Generator().manual_seed(2)
     x, y = torch.randn(4, 3, SIZE, SIZE, generator=gen), torch.randint(0, 3, (4,), generator=gen)
     frames = []
@@ -220,11 +221,14 @@ def test_plot_grad_norms(tmp_path, suffix):
         frames.append(df.assign(model=name))
     import pandas as pd
 
-    path = tmp_path / "sub" / f"grad_norms.{suffix}"
-    plot_grad_norms(pd.concat(frames, ignore_index=True), str(path))
-    assert path.stat().st_size > 0
-    single = tmp_path / f"one.{suffix}"
-    plot_grad_norms(frames[1].drop(columns="model"), str(single))
-    assert single.stat().st_size > 0
-    with pytest.raises(ValueError):
-        plot_grad_norms(frames[1], str(tmp_path / "x.svg"))
+    both = grad_norms_figure(pd.concat(frames, ignore_index=True))
+    assert len(both.axes) == 2 and [ax.get_title() for ax in both.axes] == ["test_vit", "test_efficientnet"]
+    path, png = tmp_path / "sub" / "grad_norms.pdf", tmp_path / "grad_norms.png"
+    save_figure(both, path, png)
+    assert path.stat().st_size > 0 and png.stat().st_size > 0
+    single = grad_norms_figure(frames[1].drop(columns="model"))
+    assert len(single.axes) == 1
+    # embedding groups are red, the rest blue; empty groups (ViT norm_pre) draw no bar
+    vit = both.axes[0]
+    heights = [bar.get_height() for bar in vit.patches]
+    assert len(heights) == len(frames[0]) and sum(h > 0 for h in heights) == int((frames[0]["n_params"] > 0).sum())

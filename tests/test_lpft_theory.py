@@ -4,6 +4,7 @@ import dataclasses
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import REPO
 
 from pipeline.analysis import lpft_theory as lt
 
@@ -118,8 +119,10 @@ def test_summarize(grid):
 
 
 def test_render_table(means):
-    tex = lt.render_table(means.reset_index())
-    lines = tex.strip().splitlines()
+    from pipeline.reporting.tables import render_template
+
+    tex = render_template(REPO / "paper/templates/lpft_theory.tex.j2", lt.table_context(means.reset_index()))
+    lines = [line.strip() for line in tex.strip().splitlines() if not line.startswith("%")]
     assert lines[0].startswith(r"\begin{tabular}") and lines[-1] == r"\end{tabular}"
     for rule in (r"\toprule", r"\midrule", r"\bottomrule"):
         assert rule in lines

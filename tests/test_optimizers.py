@@ -5,10 +5,11 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.optimizers.factory import build_optimizer
-from pipeline.optimizers.l2sp import L2SP
-from pipeline.optimizers.spd import SPD
-from pipeline.training.settings import TRAIN_DEFAULTS, effective_lr, method_settings
+from pipeline.config.settings import default_settings, method_settings
+from pipeline.methods.assemble import assemble
+from pipeline.methods.l2sp import L2SP
+from pipeline.methods.registry import effective_lr
+from pipeline.methods.spd import SPD
 
 adamp = pytest.importorskip("adamp", reason="the official AdamP/SGDP package is a test dependency")
 
@@ -48,8 +49,8 @@ def official_twin(model: nn.Module, ours: torch.optim.Optimizer, cls, **kw):
 ])
 def test_adamp_sgdp_match_official_package_over_50_steps(name, cls, extra, nesterov):
     model = conv_net()
-    settings = {**TRAIN_DEFAULTS, "optimizer": name, "lr": 0.01, "weight_decay": 1e-2, "nesterov": nesterov}
-    ours, _ = build_optimizer(model, settings)
+    settings = {**default_settings(), "optimizer": name, "lr": 0.01, "weight_decay": 1e-2, "nesterov": nesterov}
+    ours = assemble(model, settings).optimizer
     assert all(g["delta"] == 0.1 and g["wd_ratio"] == 0.1 and g["nesterov"] is nesterov for g in ours.param_groups)
     twin, official = official_twin(model, ours, cls, lr=0.01, delta=0.1, wd_ratio=0.1, nesterov=nesterov, **extra)
     start = copy.deepcopy(model)
@@ -61,14 +62,14 @@ def test_adamp_sgdp_match_official_package_over_50_steps(name, cls, extra, neste
     # The projection mattered: plain SGD/Adam with the same settings ends elsewhere.
     plain = copy.deepcopy(start)
     base = dict(settings, optimizer="adamw" if name == "adamp" else "sgd", weight_decay=0.0)
-    run_steps(plain, build_optimizer(plain, base)[0])
+    run_steps(plain, assemble(plain, base).optimizer)
     conv = "0.weight"
     assert not torch.allclose(dict(plain.named_parameters())[conv], dict(model.named_parameters())[conv], atol=1e-4)
 
 
 def test_official_defaults_are_set_explicitly():
     for name in ("adamp", "sgdp"):
-        opt, _ = build_optimizer(conv_net(), {**TRAIN_DEFAULTS, "optimizer": name, "lr": 0.01})
+        opt = assemble(conv_net(), {**default_settings(), "optimizer": name, "lr": 0.01}).optimizer
         assert {(g["delta"], g["wd_ratio"], g["nesterov"]) for g in opt.param_groups} == {(0.1, 0.1, False)}
 
 
@@ -78,7 +79,7 @@ def test_sgdp_without_nesterov_keeps_the_papers_momentum():
     ``d_p = buf`` aliases the buffer, so its in-place projection also rewrites the momentum:
     the two trajectories differ by design, and this test pins down which one is the paper's."""
     model = conv_net()
-    ours, _ = build_optimizer(model, {**TRAIN_DEFAULTS, "optimizer": "sgdp", "lr": 0.01})
+    ours = assemble(model, {**default_settings(), "optimizer": "sgdp", "lr": 0.01}).optimizer
     twin, official = official_twin(model, ours, adamp.SGDP, lr=0.01, momentum=0.9, delta=0.1, wd_ratio=0.1,
                                    nesterov=False)
     expected = {p: torch.zeros_like(p) for m in (model, twin) for p in m.parameters()}
@@ -104,12 +105,13 @@ def test_sgdp_without_nesterov_keeps_the_papers_momentum():
 def test_param_groups_skip_norms_biases_and_frozen():
     model = conv_net()
     model[0].weight.requires_grad_(False)
-    opt, info = build_optimizer(model, {**TRAIN_DEFAULTS, "optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.1})
+    method = assemble(model, {**default_settings(), "optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.1})
+    opt, info = method.optimizer, method.facts
     decayed = [p for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]]
     plain = [p for g in opt.param_groups if g["weight_decay"] == 0 for p in g["params"]]
     assert all(p.ndim > 1 for p in decayed) and all(p.ndim <= 1 for p in plain)
     assert all(p is not model[0].weight for g in opt.param_groups for p in g["params"])
-    assert info.frozen_params == model[0].weight.numel()
+    assert info["frozen_params"] == model[0].weight.numel()
     assert opt.param_groups[0]["foreach"] is True   # torch's multi-tensor kernels on CPU
 
 
@@ -119,21 +121,20 @@ def test_sgd_is_heavy_ball_and_effective_lr_is_recorded():
                                              "effective_lr": 0.1}}}
     settings = method_settings(cfg, "m")
     assert settings["lr"] == pytest.approx(0.01) and "effective_lr" not in settings
-    opt, info = build_optimizer(model, settings)
+    method = assemble(model, settings)
+    opt, info = method.optimizer, method.facts
     assert isinstance(opt, torch.optim.SGD) and opt.param_groups[0]["nesterov"] is False
-    assert info.effective_lr == pytest.approx(0.1) == effective_lr(settings)
+    assert info["effective_lr"] == pytest.approx(0.1) == effective_lr(settings)
     assert effective_lr({**settings, "optimizer": "adamw"}) is None
 
 
 def test_spd_groups_give_the_head_its_own_lambda():
     model = conv_net()
     head = ("8.weight", "8.bias")
-    opt, _ = build_optimizer(model, {**TRAIN_DEFAULTS, "optimizer": "spd", "lr": 1e-3, "spd_lambda": 0.5}, head)
+    opt = assemble(model, {**default_settings(), "optimizer": "spd", "lr": 1e-3, "spd_lambda": 0.5}, head).optimizer
     assert isinstance(opt, SPD)
     lams = {n: g["lam"] for g in opt.param_groups for n in g["param_names"]}
     assert lams["8.weight"] == lams["8.bias"] == 0.0 and lams["0.weight"] == 0.5
-    with pytest.raises(ValueError, match="weight_decay"):
-        build_optimizer(model, {**TRAIN_DEFAULTS, "optimizer": "spd", "lr": 1e-3, "weight_decay": 0.1}, head)
 
 
 def test_l2sp_gradient_equals_autograd_of_the_penalty():
@@ -148,7 +149,7 @@ def test_l2sp_gradient_equals_autograd_of_the_penalty():
 
     model.zero_grad()
     nn.functional.cross_entropy(model(x), y).backward()
-    reg.add_grad_()
+    reg.after_backward()
     ours = {n: p.grad.clone() for n, p in model.named_parameters()}
 
     model.zero_grad()

@@ -1,10 +1,18 @@
 """The whole DAG on a tiny config, through the real Snakemake and DVC.
 
-Checks: a full run ends in paper/main.pdf; afterwards neither runner has
-anything to do; changing one method's learning rate re-runs exactly that
-method's jobs and their downstream, in Snakemake and in `dvc repro` alike; a
-malformed params.yaml stops both with one line and runs nothing.
+Checks, in order on one project: a full run ends in paper/main.pdf; afterwards neither runner
+has anything to do; changing one method's learning rate re-runs exactly that method's jobs and
+their downstream, in Snakemake and in `dvc repro` alike, and so does editing a stage's code;
+forcing every job to run again rewrites byte-identical outputs, so DVC sees nothing to do;
+editing a model's ``model_kwargs`` re-runs the backbone and everything downstream in both
+runners; a DVC experiment (``dvc exp run -S``) re-runs exactly the affected stages and shows up
+in ``python -m pipeline exps``. Apart: a malformed params.yaml stops both runners with one line
+and runs nothing.
 """
+import csv
+import hashlib
+import io
+import json
 import os
 import re
 import shutil
@@ -23,7 +31,7 @@ pytestmark = [pytest.mark.slow,
 
 def copy_project(dst: Path, cfg: dict) -> None:
     ignore = shutil.ignore_patterns("__pycache__", "tables", "figures", "main.pdf", "build")
-    for name in ("pipeline", "paper"):
+    for name in ("pipeline", "paper", "envs"):
         shutil.copytree(REPO / name, dst / name, ignore=ignore)
     for name in ("Snakefile", ".dvcignore", ".gitignore"):
         if (REPO / name).exists():
@@ -52,10 +60,34 @@ def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("project")
     cfg = tiny_params(model="tf_efficientnet_lite0", weights="packaged:efficientnet_lite0")
     copy_project(root, cfg)
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1",
+           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@localhost", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@localhost"}
     run_cli("git", "init", "-q", cwd=root)
     run_cli(PYTHON, "-m", "pipeline", "export-dvc", cwd=root, env=env)
+    # as on a clone: the project committed, its outputs and dvc.lock not (DVC experiments need a commit)
+    run_cli("git", "add", "-A", cwd=root, env=env)
+    run_cli("git", "commit", "-q", "-m", "project", cwd=root, env=env)
     return root, env, cfg
+
+
+def output_hashes(root: Path, cfg: dict) -> dict[str, str]:
+    """sha256 of every output file of every job (directory outputs expanded)."""
+    from pipeline.dvc_commit import output_files
+
+    cwd = Path.cwd()
+    try:
+        os.chdir(root)
+        files = output_files(cfg)
+    finally:
+        os.chdir(cwd)
+    return {str(f): hashlib.sha256((root / f).read_bytes()).hexdigest() for f in files}
+
+
+def all_jobs(cfg: dict, skip: tuple[str, ...] = ()) -> Counter:
+    from pipeline.stages import STAGES
+
+    return Counter({st.name: len(st.jobs(cfg)) for st in STAGES if st.name not in skip and st.jobs(cfg)})
 
 
 def test_full_run_then_nothing_to_do_then_targeted_reruns(project):
@@ -98,6 +130,58 @@ def test_full_run_then_nothing_to_do_then_targeted_reruns(project):
     expected = Counter({"soup": 2, "report": 1, "paper": 1})
     assert snakemake_jobs(run_cli(*snake, "-n", cwd=root, env=env).stdout) == expected
     assert "soup--digits--tiny--seed0" in run_cli(str(BIN / "dvc"), "status", cwd=root, env=env).stdout
+
+
+def test_forced_rerun_writes_the_same_bytes(project):
+    root, env, cfg = project
+    snake = [str(BIN / "snakemake"), "--cores", "2"]
+    run_cli(*snake, cwd=root, env=env)   # catch up with the code edit of the test before
+    run_cli("make", "-f", str(REPO / "Makefile"), "dvc-commit", f"VENV={BIN.parent}", cwd=root, env=env)
+    before = output_hashes(root, cfg)
+    assert len(before) > 40
+    run_cli(*snake, "--forceall", cwd=root, env=env)
+    after = output_hashes(root, cfg)
+    changed = sorted(f for f in before if before[f] != after.get(f))
+    assert not changed, f"re-running with the same inputs changed {changed}"
+    # a retried job's outputs are the recorded ones: DVC has nothing to re-run
+    assert "up to date" in run_cli(str(BIN / "dvc"), "status", cwd=root, env=env).stdout
+
+
+def test_model_kwargs_edit_reruns_backbone_and_downstream_in_both_runners(project):
+    root, env, cfg = project
+    snake = [str(BIN / "snakemake"), "--cores", "2"]
+    cfg["models"]["tiny"]["model_kwargs"] = {"drop_rate": 0.1}
+    (root / "params.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    expected = all_jobs(cfg, skip=("prepare_data", "lpft_theory"))
+    assert expected["backbone"] == 1 and expected["finetune"] == 4
+    assert snakemake_jobs(run_cli(*snake, "-n", cwd=root, env=env).stdout) == expected
+    ran = dvc_ran(run_cli("make", "-f", str(REPO / "Makefile"), "repro", f"VENV={BIN.parent}", cwd=root,
+                          env=env).stdout)
+    assert ran == expected + Counter({"check_params": 1})
+    assert "Nothing to be done" in run_cli(*snake, "-n", cwd=root, env=env).stdout
+
+
+def test_dvc_experiment_reruns_the_affected_stages_and_is_tabulated(project):
+    root, env, cfg = project
+    dvc = str(BIN / "dvc")
+    lr = cfg["methods"]["lpft"]["lr"] * 3
+    run_cli(dvc, "exp", "save", "--force", "--name", "demo", cwd=root, env=env)   # as `make demo` ends
+    out = run_cli(dvc, "exp", "run", "-n", "lpft_lr", "-S", f"methods.lpft.lr={lr}", cwd=root, env=env).stdout
+    ran = dvc_ran(out) + Counter(name.split("--")[0] for name in re.findall(r"Restored stage '([^']+)'", out))
+    assert ran == Counter({"finetune": 2, "evaluate": 2, "wise_ft": 2, "report": 1, "paper": 1, "check_params": 1})
+    shown = json.loads(run_cli(dvc, "exp", "show", "--json", cwd=root, env=env).stdout)
+    exps = [r for e in shown for x in e.get("experiments") or [] for r in x["revs"]]
+    mine = next(r for r in exps if r["name"] == "lpft_lr")
+    assert mine["data"]["params"]["params.yaml"]["data"]["methods"]["lpft"]["lr"] == pytest.approx(lr)
+    assert "digits" in mine["data"]["metrics"]["results/report/metrics.json"]["data"]   # read through its dvc.lock
+    table = run_cli(PYTHON, "-m", "pipeline", "exps", cwd=root, env=env).stdout
+    header, _, *rows = table.strip().splitlines()
+    assert "methods.lpft.lr" in header and sorted(row.split("|")[1].strip() for row in rows) == ["demo", "lpft_lr"]
+    assert "ft_adamw.id_acc" not in header and len(header) < 400   # only what differs between experiments
+    full = run_cli(PYTHON, "-m", "pipeline", "exps", "--all", "--csv", cwd=root, env=env).stdout
+    row = next(r for r in csv.DictReader(io.StringIO(full)) if r["experiment"] == "lpft_lr")
+    lpft = mine["data"]["metrics"]["results/report/metrics.json"]["data"]["digits"]["tiny"]["lpft"]
+    assert float(row["digits.tiny.lpft.id_acc"]) == pytest.approx(100 * lpft["id_acc"], abs=0.05)
 
 
 @pytest.mark.parametrize("edit, key", [

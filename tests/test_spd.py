@@ -1,4 +1,4 @@
-"""SPD (pipeline.optimizers.spd): hand-computed steps, invariants, a reference loop, Adam, resume, memory, counters."""
+"""SPD (pipeline.methods.spd): hand-computed steps, invariants, a reference loop, Adam, resume, memory, counters."""
 import io
 import math
 import os
@@ -6,8 +6,8 @@ import os
 import pytest
 import torch
 
-from pipeline.optimizers import spd
-from pipeline.optimizers.spd import SPD
+from pipeline.methods import spd
+from pipeline.methods.spd import SPD
 
 
 def one_step(theta0, theta, grad, lam, lr=1.0, eps=0.0):

@@ -5,11 +5,12 @@ import pandas as pd
 import pytest
 import torch
 
+from pipeline.config.settings import default_settings
 from pipeline.data.prepare import main as prepare_main
 from pipeline.data.shards import PreparedDataset
-from pipeline.models.backbone import create_model, init_head, load_state, normalization
+from pipeline.methods.assemble import assemble, init_head
+from pipeline.models.backbone import create_model, load_state, normalization
 from pipeline.models.weights import main as backbone_main
-from pipeline.optimizers.factory import build_optimizer
 from pipeline.training.finetune import main as finetune_main
 from pipeline.training.loop import LoopConfig, NonFiniteLossError, set_bn_mode, train
 
@@ -29,12 +30,17 @@ def loop_cfg(**kw):
     return LoopConfig(**{**base, **kw})
 
 
+def build_optimizer(model, settings):
+    method = assemble(model, {**default_settings(), **settings})
+    return method.optimizer, method.facts
+
+
 def test_sgd_is_heavy_ball_with_effective_lr():
     model = create_model("test_efficientnet", 3, None)
     opt, info = build_optimizer(model, {"optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4})
     assert isinstance(opt, torch.optim.SGD)
     assert all(g["nesterov"] is False and g["momentum"] == 0.9 for g in opt.param_groups)
-    assert info.effective_lr == pytest.approx(0.1)
+    assert info["effective_lr"] == pytest.approx(0.1)
     # timm's param groups: no weight decay on biases and norm parameters
     decays = {g["weight_decay"] for g in opt.param_groups}
     assert decays == {0.0, 1e-4}
@@ -45,7 +51,7 @@ def test_sgd_is_heavy_ball_with_effective_lr():
 def test_adamw_settings_are_explicit():
     model = create_model("test_efficientnet", 3, None)
     opt, info = build_optimizer(model, {"optimizer": "adamw", "lr": 1e-3, "betas": [0.8, 0.99], "weight_decay": 0.0})
-    assert isinstance(opt, torch.optim.AdamW) and info.effective_lr is None
+    assert isinstance(opt, torch.optim.AdamW) and info["effective_lr"] is None
     assert opt.param_groups[0]["betas"] == (0.8, 0.99) and opt.param_groups[0]["foreach"] is True
 
 
@@ -96,13 +102,13 @@ def test_lp_head_initialisation(prepared, tmp_path):
     model = create_model("test_efficientnet", 10, None)
     w = torch.randn(10, model.num_features)
     save_state({"weight": w, "bias": torch.arange(10.0)}, tmp_path / "head.safetensors")
-    init_head(model, "lp", str(tmp_path / "head.safetensors"))
+    init_head(model, "lp", {"lp_head": str(tmp_path / "head.safetensors")})
     assert torch.equal(model.classifier.weight.data, w)
-    init_head(model, "random", None)
+    init_head(model, "random", {})
     assert model.classifier.weight.std() < 0.05 and torch.count_nonzero(model.classifier.bias) == 0
     save_state({"weight": torch.zeros(3, 7), "bias": torch.zeros(3)}, tmp_path / "bad.safetensors")
     with pytest.raises(ValueError, match="does not fit"):
-        init_head(model, "lp", str(tmp_path / "bad.safetensors"))
+        init_head(model, "lp", {"lp_head": str(tmp_path / "bad.safetensors")})
 
 
 def test_finetune_stage_main_and_selection(prepared):

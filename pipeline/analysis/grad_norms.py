@@ -9,24 +9,20 @@ the same layer groups as freeze-embed (:func:`pipeline.models.layers.layer_group
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
-import matplotlib
-import matplotlib.style
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from matplotlib.figure import Figure
 from torch import nn
 
-from pipeline.cli import parse_job
 from pipeline.data.shards import PreparedDataset
 from pipeline.data.tensors import to_float
-from pipeline.io import atomic_path, write_csv
-from pipeline.models.backbone import default_device, init_head, model_from_config, normalization
+from pipeline.io import write_csv
+from pipeline.job import parse_job
+from pipeline.methods.init_random import init_head
+from pipeline.models.backbone import default_device, model_from_config, normalization
 from pipeline.models.layers import layer_groups
-from pipeline.reporting.figures import PDF_METADATA, PNG_DPI, PNG_METADATA, STYLE
 
 COLUMNS = ["group", "index", "n_params", "grad_norm", "grad_norm_per_param", "param_norm", "embed"]
 
@@ -77,46 +73,6 @@ def layer_grad_norms(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def grad_norms_figure(df: pd.DataFrame) -> Figure:
-    """Bar plot of ``grad_norm_per_param`` per group index (log scale), embedding groups highlighted.
-
-    One panel per backbone when a ``model`` column is present.
-    """
-    parts = list(df.groupby("model", sort=False)) if "model" in df.columns else [("", df)]
-    with matplotlib.style.context(["default", STYLE]):
-        width = max(3.5, 0.28 * max(len(p) for _, p in parts) + 1.2)
-        fig = Figure(figsize=(width, 2.4 * len(parts) + 0.3), layout="constrained")
-        axes = fig.subplots(len(parts), 1, squeeze=False)[:, 0]
-        for ax, (name, part) in zip(axes, parts):
-            part = part.sort_values("index")
-            # Empty groups (a ViT's Identity norm_pre) keep their slot but draw no bar.
-            y = part["grad_norm_per_param"].fillna(0.0)
-            colors = ["tab:red" if e else "tab:blue" for e in part["embed"]]
-            ax.bar(part["index"], y.where(y > 0), color=colors, width=0.8)
-            ax.set_xticks(part["index"], part["group"], rotation=90, fontsize=6)
-            if (y > 0).any():
-                ax.set_yscale("log")
-            ax.set_ylabel(r"$\|g\|_2/\sqrt{n}$")
-            if name:
-                ax.set_title(str(name))
-        fig.suptitle("gradient norm per parameter at the start of fine-tuning; red: embedding", fontsize=7)
-    return fig
-
-
-def plot_grad_norms(df: pd.DataFrame, path: str) -> None:
-    """Write :func:`grad_norms_figure` to ``path`` (.pdf or .png), atomically and without timestamps."""
-    out = Path(path)
-    fmt = out.suffix.lower().lstrip(".")
-    if fmt not in ("pdf", "png"):
-        raise ValueError(f"plot_grad_norms: path must end in .pdf or .png, got {path!r}")
-    fig = grad_norms_figure(df)
-    with matplotlib.style.context(["default", STYLE]), atomic_path(out) as tmp:
-        if fmt == "pdf":
-            fig.savefig(tmp, format="pdf", metadata=PDF_METADATA)
-        else:
-            fig.savefig(tmp, format="png", dpi=PNG_DPI, metadata=PNG_METADATA)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Stage ``grad_norms``: one batch of training images, the pretrained backbone and a fresh head.
 
@@ -125,14 +81,14 @@ def main(argv: list[str] | None = None) -> int:
     Params: ``analysis.grad_norms.batch_size``, ``models.{model}``.
     """
     job = parse_job("grad_norms", argv)
-    cfg, wc = job.cfg, job.wildcards
+    params, wc = job.params, job.wildcards
     torch.manual_seed(0)
     data = PreparedDataset(job.inputs["data"])
-    model = model_from_config(cfg["models"][wc["model"]], data.num_classes, job.inputs["weights"])
-    init_head(model, "random", None)
+    model = model_from_config(params["models"][wc["model"]], data.num_classes, job.inputs["weights"])
+    init_head(model, {})
     model.to(default_device())
     train = data.split(data.info.get("train_split", "train"))
-    n = min(int(((cfg.get("analysis") or {}).get("grad_norms") or {}).get("batch_size", 64)), len(train))
+    n = min(int(((params.get("analysis") or {}).get("grad_norms") or {}).get("batch_size", 64)), len(train))
     idx = np.sort(np.random.default_rng(0).choice(len(train), size=n, replace=False))
     mean, std = normalization(model)
     df = layer_grad_norms(model, to_float(train.images[idx], mean, std), torch.tensor(train.labels[idx]))

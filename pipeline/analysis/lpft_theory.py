@@ -19,7 +19,8 @@ to fit ID data while the OOD part of the features stays put: the features are
 stationary point and barely moves.
 
 Stage ``lpft_theory`` (no inputs): ``results/analysis/lpft_theory.csv`` (one row per
-eps x seed x method, with the config hash) and ``paper/tables/lpft_theory.tex``.
+eps x seed x method, with the config hash) and ``paper/tables/lpft_theory.tex`` (from the template
+``paper/templates/lpft_theory.tex.j2``).
 Params: ``analysis.lpft_theory`` (``eps``, ``seeds``, and the sizes ``d``, ``k``, ``m``, ``n``).
 """
 from __future__ import annotations
@@ -30,8 +31,9 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from pipeline.cli import parse_job
 from pipeline.io import write_csv, write_text
+from pipeline.job import parse_job
+from pipeline.reporting.tables import render_template
 
 METHODS = ("lp", "ft", "lpft")
 METHOD_LABELS = {"lp": "LP", "ft": "FT", "lpft": "LP-FT"}
@@ -193,29 +195,22 @@ def _sci(x: float) -> str:
     return rf"${mantissa}\times10^{{{int(exponent)}}}$"
 
 
-def render_table(summary: pd.DataFrame, methods: Sequence[str] = METHODS) -> str:
-    """Booktabs LaTeX tabular: rows are eps, columns the mean ID and OOD MSE of each method."""
+def table_context(summary: pd.DataFrame, methods: Sequence[str] = METHODS) -> dict:
+    """What ``paper/templates/lpft_theory.tex.j2`` needs: per eps, the mean ID and OOD MSE of each method."""
     cells = summary.set_index(["eps", "method"])
-    lines = [r"\begin{tabular}{l" + "rr" * len(methods) + "}", r"\toprule",
-             " & ".join([""] + [rf"\multicolumn{{2}}{{c}}{{{METHOD_LABELS.get(m, m)}}}" for m in methods]) + r" \\",
-             "".join(rf"\cmidrule(lr){{{2 + 2 * i}-{3 + 2 * i}}}" for i in range(len(methods))),
-             " & ".join([r"$\varepsilon$"] + ["ID", "OOD"] * len(methods)) + r" \\", r"\midrule"]
-    for eps in sorted(summary["eps"].unique()):
-        row = [f"{eps:g}"]
-        for m in methods:
-            row += [_sci(cells.loc[(eps, m), "id_mse_mean"]), _sci(cells.loc[(eps, m), "ood_mse_mean"])]
-        lines.append(" & ".join(row) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}"]
-    return "\n".join(lines) + "\n"
+    rows = [{"eps": f"{eps:g}", "cells": [_sci(cells.loc[(eps, m), q]) for m in methods
+                                          for q in ("id_mse_mean", "ood_mse_mean")]}
+            for eps in sorted(summary["eps"].unique())]
+    return {"methods": [METHOD_LABELS.get(m, m) for m in methods], "rows": rows}
 
 
 def main(argv: list[str] | None = None) -> int:
     job = parse_job("lpft_theory", argv)
-    p = dict((job.cfg.get("analysis") or {}).get("lpft_theory") or {})
+    p = dict(((job.params.get("analysis") or {}).get("lpft_theory") or {}).items())
     eps = p.pop("eps", DEFAULT_EPS)
     seeds = range(p.pop("seeds", len(DEFAULT_SEEDS)))
     cfg = ToyConfig(**p)
     grid = run_grid(cfg, eps, seeds).assign(config_hash=job.config_hash)
     write_csv(job.outputs["results"], grid)
-    write_text(job.outputs["table"], render_table(summarize(grid)))
+    write_text(job.outputs["table"], render_template(job.inputs["template"], table_context(summarize(grid))))
     return 0

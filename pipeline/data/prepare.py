@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import importlib
 import logging
+from collections.abc import Mapping
 
-from pipeline.cli import parse_job
 from pipeline.data.shards import write_prepared, write_streaming
 from pipeline.data.sources import DEFAULT_IMAGE_SIZE, SOURCES
+from pipeline.job import parse_job
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ DIGITS_DEFAULTS = {"image_size": 64, "train_per_class": 100, "val_per_class": 50
                    "ood_per_class": 50, "seed": 0}
 
 
-def prepare(name: str, ds_cfg: dict, out_dir: str, config_hash: str = "") -> dict[str, int]:
+def prepare(name: str, ds_cfg: Mapping, out_dir: str, config_hash: str = "") -> dict[str, int]:
     """Build dataset ``name`` into ``out_dir``; returns the image count per split."""
     source = ds_cfg["source"]
     # Imported by name, so that each dataset's job depends on its own source's code only.
@@ -53,6 +54,6 @@ def prepare(name: str, ds_cfg: dict, out_dir: str, config_hash: str = "") -> dic
 def main(argv: list[str] | None = None) -> int:
     job = parse_job("prepare_data", argv)
     name = job.wildcards["dataset"]
-    counts = prepare(name, job.cfg["datasets"][name], job.outputs["data"], job.config_hash)
+    counts = prepare(name, job.params["datasets"][name], job.outputs["data"], job.config_hash)
     log.info("wrote %s: %s", job.outputs["data"], counts)
     return 0

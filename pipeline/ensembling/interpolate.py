@@ -2,9 +2,11 @@
 
 theta_alpha[k] = (1 - alpha) * theta_0[k] + alpha * theta_1[k] for every floating
 tensor. When the fine-tuned model has a new head that the pretrained model never
-had (a fresh or LP head is not a "zero-shot" head), the backbone is interpolated
-and the head is taken from the fine-tuned model (methods.md section 1.8); when FT
-started from the LP head, both endpoints share that head and it is interpolated too.
+had (a fresh head), the backbone is interpolated and the head is taken from the
+fine-tuned model (methods.md section 1.8); when FT started from a head the
+pretrained side carries too (the LP head of LP-FT), both endpoints share it and it is
+interpolated too. Which case applies is the head initialisation's to say
+(``pretrained_head`` of its registry module).
 """
 from __future__ import annotations
 
@@ -31,11 +33,13 @@ def interpolate(theta0: dict[str, torch.Tensor], theta1: dict[str, torch.Tensor]
 
 
 def pretrained_endpoint(pretrained: dict[str, torch.Tensor], finetuned: dict[str, torch.Tensor],
-                        head_keys: tuple[str, str], lp_head: dict[str, torch.Tensor] | None
+                        head_keys: tuple[str, str], head: dict[str, torch.Tensor] | None
                         ) -> tuple[dict[str, torch.Tensor], frozenset[str]]:
     """theta_0 for WiSE-FT and the keys to keep from the fine-tuned model.
 
-    The pretrained checkpoint's own classifier (e.g. ImageNet's 1000 classes) is never used.
+    ``head`` (``weight``, ``bias``) is the head theta_0 carries, reshaped to the classifier's
+    form (a 1x1 convolution takes a [K, D] matrix as [K, D, 1, 1]); None keeps the fine-tuned
+    head. The pretrained checkpoint's own classifier (e.g. ImageNet's 1000 classes) is never used.
     """
     theta0 = {k: v for k, v in pretrained.items() if k not in head_keys and k in finetuned}
     # Integer buffers (BatchNorm step counters) are not interpolated; take them from theta_1.
@@ -43,8 +47,12 @@ def pretrained_endpoint(pretrained: dict[str, torch.Tensor], finetuned: dict[str
     missing = set(finetuned) - set(theta0) - set(head_keys)
     if missing:
         raise KeyError(f"pretrained weights lack {sorted(missing)[:5]}")
-    if lp_head is not None:
-        theta0[head_keys[0]], theta0[head_keys[1]] = lp_head["weight"], lp_head["bias"]
+    if head is not None:
+        for key, part in zip(head_keys, ("weight", "bias")):
+            if head[part].numel() != finetuned[key].numel():
+                raise ValueError(f"head {part} {tuple(head[part].shape)} does not fit {key} "
+                                 f"{tuple(finetuned[key].shape)}")
+            theta0[key] = head[part].reshape(finetuned[key].shape).to(finetuned[key].dtype)
         return theta0, frozenset()
     theta0[head_keys[0]], theta0[head_keys[1]] = finetuned[head_keys[0]], finetuned[head_keys[1]]
     return theta0, frozenset(head_keys)

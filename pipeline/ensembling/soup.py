@@ -24,11 +24,11 @@ from collections.abc import Callable, Iterable
 import pandas as pd
 import torch
 
-from pipeline.cli import parse_job
 from pipeline.data.shards import PreparedDataset
 from pipeline.evaluation.metrics import ALL_DOMAINS, read_tidy, tidy
 from pipeline.evaluation.predict import evaluate_model
 from pipeline.io import write_csv, write_json
+from pipeline.job import parse_job
 from pipeline.models.backbone import default_device, load_state, model_from_config, normalization
 
 log = logging.getLogger(__name__)
@@ -94,12 +94,12 @@ def id_val_accuracy(metrics_csv: str, val_split: str) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     job = parse_job("soup", argv)
-    cfg, wc = job.cfg, job.wildcards
+    params, wc = job.params, job.wildcards
     data = PreparedDataset(job.inputs["data"])
     val_split = data.info.get("val_split", "id_val")
-    model = model_from_config(cfg["models"][wc["model"]], data.num_classes, None).to(default_device()).eval()
+    model = model_from_config(params["models"][wc["model"]], data.num_classes, None).to(default_device()).eval()
     mean, std = normalization(model)
-    batch = cfg.get("evaluate", {}).get("batch_size", 256)
+    batch = (params.get("evaluate") or {}).get("batch_size", 256)
 
     paths, metrics = list(job.inputs["models"]), list(job.inputs["metrics"])
     scores = [id_val_accuracy(m, val_split) for m in metrics]

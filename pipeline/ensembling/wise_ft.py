@@ -1,8 +1,9 @@
 """Stage ``wise_ft``: evaluate WiSE-FT interpolations of one fine-tuned run over the alpha grid.
 
 Inputs: ``data/prepared/{dataset}``, ``data/weights/{model}.safetensors`` (theta_0),
-``.../{hp}/seed{seed}/model.safetensors`` (theta_1), the LP head for LP-FT runs, and the run's
-``metrics.csv`` from ``evaluate``, which already holds alpha = 1 (theta_1 itself).
+``.../{hp}/seed{seed}/model.safetensors`` (theta_1), the inputs of the run's head initialisation
+(the LP head for LP-FT runs: theta_0 then carries it, :mod:`pipeline.methods.registry`), and the
+run's ``metrics.csv`` from ``evaluate``, which already holds alpha = 1 (theta_1 itself).
 Output: ``.../seed{seed}/wise_ft.csv``: tidy rows for every alpha (selection ``grid``),
 repeated for the alpha chosen on ID val (``id_val``) and, labelled as an oracle,
 the alpha chosen on OOD val (``ood_val_oracle``).
@@ -15,12 +16,13 @@ import logging
 
 import pandas as pd
 
-from pipeline.cli import parse_job
 from pipeline.data.shards import PreparedDataset
 from pipeline.ensembling.interpolate import interpolate, pretrained_endpoint
 from pipeline.evaluation.metrics import ALL_DOMAINS, read_tidy, tidy
 from pipeline.evaluation.predict import evaluate_model
 from pipeline.io import progress, write_csv
+from pipeline.job import parse_job
+from pipeline.methods.assemble import pretrained_head
 from pipeline.models.backbone import default_device, head_names, load_state, model_from_config, normalization
 
 log = logging.getLogger(__name__)
@@ -36,18 +38,18 @@ def select(curve: pd.DataFrame, split: str) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     job = parse_job("wise_ft", argv)
-    cfg, wc = job.cfg, job.wildcards
+    params, wc = job.params, job.wildcards
     data = PreparedDataset(job.inputs["data"])
-    model = model_from_config(cfg["models"][wc["model"]], data.num_classes, None).to(default_device()).eval()
+    model = model_from_config(params["models"][wc["model"]], data.num_classes, None).to(default_device()).eval()
     mean, std = normalization(model)
     theta1 = load_state(job.inputs["model"])
-    lp_head = load_state(job.inputs["lp_head"]) if "lp_head" in job.inputs else None
-    theta0, keep = pretrained_endpoint(load_state(job.inputs["weights"]), theta1, head_names(model), lp_head)
+    head = pretrained_head(params["methods"][wc["method"]]["init"], job.inputs)
+    theta0, keep = pretrained_endpoint(load_state(job.inputs["weights"]), theta1, head_names(model), head)
 
-    batch = cfg.get("evaluate", {}).get("batch_size", 256)
+    batch = (params.get("evaluate") or {}).get("batch_size", 256)
     ids = dict(dataset=wc["dataset"], model=wc["model"], method=wc["method"], hp=wc["hp"], seed=job.seed)
     frames = []
-    for alpha in progress(sorted(cfg["wise_ft"]["alphas"]), desc="wise-ft"):
+    for alpha in progress(sorted(params["wise_ft"]["alphas"]), desc="wise-ft"):
         if alpha == 1.0:   # theta_1 itself, already scored by `evaluate`
             frames.append(read_tidy([job.inputs["metrics"]]).assign(alpha=1.0, selection="grid",
                                                                      config_hash=job.config_hash))

@@ -6,15 +6,17 @@ Params: ``evaluate.batch_size``, ``models.{model}`` (architecture).
 """
 from __future__ import annotations
 
-from pipeline.cli import parse_job
+from collections.abc import Mapping
+
 from pipeline.data.shards import PreparedDataset
 from pipeline.evaluation.metrics import tidy
 from pipeline.evaluation.predict import evaluate_model
 from pipeline.io import write_csv
+from pipeline.job import parse_job
 from pipeline.models.backbone import default_device, load_state, model_from_config, normalization
 
 
-def load_finetuned(model_cfg: dict, num_classes: int, path: str):
+def load_finetuned(model_cfg: Mapping, num_classes: int, path: str):
     """Architecture from the config, every tensor from the fine-tuned checkpoint (strict), on the job's device."""
     model = model_from_config(model_cfg, num_classes, None)
     model.load_state_dict(load_state(path), strict=True)
@@ -25,9 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     job = parse_job("evaluate", argv)
     wc = job.wildcards
     data = PreparedDataset(job.inputs["data"])
-    model = load_finetuned(job.cfg["models"][wc["model"]], data.num_classes, job.inputs["model"])
+    model = load_finetuned(job.params["models"][wc["model"]], data.num_classes, job.inputs["model"])
     mean, std = normalization(model)
-    rows = evaluate_model(model, data, mean, std, job.cfg.get("evaluate", {}).get("batch_size", 256))
+    rows = evaluate_model(model, data, mean, std, (job.params.get("evaluate") or {}).get("batch_size", 256))
     write_csv(job.outputs["metrics"], tidy(rows, dataset=wc["dataset"], model=wc["model"], method=wc["method"],
                                            hp=wc["hp"], seed=job.seed, config_hash=job.config_hash))
     return 0

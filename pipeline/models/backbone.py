@@ -7,6 +7,7 @@ a model hub unless the config asks for hub weights on a machine with network.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -16,7 +17,7 @@ from pipeline import compat
 
 compat.apply()
 import timm  # noqa: E402
-from safetensors.torch import load_file, save_file  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
 
 PACKAGED_WEIGHTS = {
     # ImageNet-1k EfficientNet-Lite0 (Apache-2.0), lukemelas key layout.
@@ -56,10 +57,10 @@ def remap_by_order(source: dict[str, torch.Tensor], target: dict[str, torch.Tens
     return out
 
 
-def convert_packaged(name: str, timm_name: str) -> dict[str, torch.Tensor]:
+def convert_packaged(name: str, timm_name: str, **kwargs) -> dict[str, torch.Tensor]:
     """A packaged checkpoint remapped onto timm's layout (checked by a strict load)."""
     src = torch.load(packaged_weights_path(name), map_location="cpu", weights_only=True)
-    model = timm.create_model(timm_name, pretrained=False)
+    model = timm.create_model(timm_name, pretrained=False, **kwargs)
     state = remap_by_order(src, model.state_dict())
     model.load_state_dict(state, strict=False)
     missing = {k for k in model.state_dict() if not k.endswith("num_batches_tracked")} - set(state)
@@ -69,11 +70,10 @@ def convert_packaged(name: str, timm_name: str) -> dict[str, torch.Tensor]:
 
 
 def save_state(state: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:
-    """Save tensors as safetensors, atomically."""
-    from pipeline.io import atomic_path
+    """Save tensors as safetensors, atomically, with the same bytes for the same tensors."""
+    from pipeline.io import save_tensors
 
-    with atomic_path(path) as tmp:
-        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata=metadata)
+    save_tensors(path, state, metadata)
 
 
 def load_state(path: str | Path) -> dict[str, torch.Tensor]:
@@ -92,9 +92,17 @@ def create_model(timm_name: str, num_classes: int, weights: str | Path | None, *
                              pretrained_cfg_overlay=dict(file=str(weights)), **kwargs)
 
 
-def model_from_config(model_cfg: dict, num_classes: int, weights: str | Path | None) -> nn.Module:
+def model_kwargs(model_cfg: Mapping) -> dict:
+    """``model_kwargs`` of a ``models.<name>`` entry as plain values (the entry may be a stage's params view)."""
+    def plain(v):
+        return {k: plain(x) for k, x in v.items()} if isinstance(v, Mapping) else v
+
+    return plain(model_cfg.get("model_kwargs") or {})
+
+
+def model_from_config(model_cfg: Mapping, num_classes: int, weights: str | Path | None) -> nn.Module:
     """Build the model of a ``models.<name>`` entry of params.yaml."""
-    return create_model(model_cfg["timm_name"], num_classes, weights, **model_cfg.get("model_kwargs", {}))
+    return create_model(model_cfg["timm_name"], num_classes, weights, **model_kwargs(model_cfg))
 
 
 def normalization(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -130,18 +138,3 @@ def default_device() -> torch.device:
     if torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return torch.device("cpu")
-
-
-def init_head(model: nn.Module, init: str, lp_head: str | None) -> None:
-    """Fresh small head (timm's tf_ init starts at loss ~5.7) or the LP solution (LP-FT)."""
-    w_name, b_name = head_names(model)
-    state = model.state_dict()
-    if init == "lp":
-        head = load_state(lp_head)
-        if head["weight"].shape != state[w_name].shape:
-            raise ValueError(f"LP head {tuple(head['weight'].shape)} does not fit classifier "
-                             f"{tuple(state[w_name].shape)}")
-        new = {w_name: head["weight"], b_name: head["bias"]}
-    else:
-        new = {w_name: torch.randn_like(state[w_name]) * 0.01, b_name: torch.zeros_like(state[b_name])}
-    model.load_state_dict(new, strict=False)

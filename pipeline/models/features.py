@@ -16,11 +16,11 @@ import time
 import numpy as np
 import torch
 
-from pipeline.cli import parse_job
 from pipeline.data.shards import PreparedDataset
-from pipeline.evaluation.predict import predict_logits
-from pipeline.io import atomic_path, progress
+from pipeline.io import progress, save_tensors
+from pipeline.job import parse_job
 from pipeline.models.backbone import model_from_config, normalization
+from pipeline.models.inference import predict_logits
 
 log = logging.getLogger(__name__)
 
@@ -57,16 +57,13 @@ def load_features(path) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from safetensors.torch import save_file
-
     job = parse_job("features", argv)
     data = PreparedDataset(job.inputs["data"])
-    model = model_from_config(job.cfg["models"][job.wildcards["model"]], 0, job.inputs["weights"]).eval()
+    model = model_from_config(job.params["models"][job.wildcards["model"]], 0, job.inputs["weights"]).eval()
     t0 = time.perf_counter()
-    tensors, meta = extract_features(model, data, job.cfg.get("features", {}).get("batch_size", 256))
+    tensors, meta = extract_features(model, data, (job.params.get("features") or {}).get("batch_size", 256))
     n = sum(len(v) for k, v in tensors.items() if k.endswith("/labels"))
     log.info("%d images in %.1fs (%.0f img/s), dim %d", n, time.perf_counter() - t0,
              n / (time.perf_counter() - t0), tensors[f"{data.split_names[0]}/features"].shape[1])
-    with atomic_path(job.outputs["features"]) as tmp:
-        save_file(tensors, str(tmp), metadata={**meta, "config_hash": job.config_hash})
+    save_tensors(job.outputs["features"], tensors, {**meta, "config_hash": job.config_hash})
     return 0

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from pipeline.cli import parse_job
-from pipeline.models.backbone import convert_packaged, head_names, load_state, save_state, timm
+from pipeline.job import parse_job
+from pipeline.models.backbone import convert_packaged, head_names, load_state, model_kwargs, save_state, timm
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ def resolve_weights(timm_name: str, source: str, model_kwargs: dict | None = Non
     """State dict in timm's layout for a weights source."""
     kwargs = model_kwargs or {}
     if source.startswith("packaged:"):
-        return convert_packaged(source.split(":", 1)[1], timm_name)
+        return convert_packaged(source.split(":", 1)[1], timm_name, **kwargs)
     if source in ("hub", "none"):
         model = timm.create_model(timm_name, pretrained=source == "hub", **kwargs)
         return {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -53,8 +53,8 @@ def resolve_weights(timm_name: str, source: str, model_kwargs: dict | None = Non
 
 def main(argv: list[str] | None = None) -> int:
     job = parse_job("backbone", argv)
-    mcfg = job.cfg["models"][job.wildcards["model"]]
-    state = resolve_weights(mcfg["timm_name"], mcfg["weights"], mcfg.get("model_kwargs"))
+    mcfg = job.params["models"][job.wildcards["model"]]
+    state = resolve_weights(mcfg["timm_name"], mcfg["weights"], model_kwargs(mcfg))
     save_state(state, job.outputs["weights"], metadata={"timm_name": mcfg["timm_name"], "source": mcfg["weights"],
                                                         "config_hash": job.config_hash})
     log.info("wrote %s (%d tensors, %.1fM values)", job.outputs["weights"], len(state),

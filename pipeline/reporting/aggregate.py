@@ -32,7 +32,6 @@ from pipeline.evaluation.metrics import ALL_DOMAINS, SORT_COLUMNS, read_tidy, so
 
 # Table row kinds, in table order.
 KINDS = ("lp", "ft", "soup", "wise_ft", "hp_oracle", "oracle")
-ORACLE_KINDS = ("hp_oracle", "oracle")
 ROW_SUFFIX = {"lp": "", "ft": "", "soup": "", "wise_ft": "/wise_ft", "hp_oracle": "/oracle_hp",
               "oracle": "/wise_ft_oracle"}
 LP_METHOD = "lp"
@@ -43,7 +42,7 @@ SELECTION_DEFAULTS = {"val_split": "id_val", "ood_val_split": "ood_val", "select
 
 
 def read_runs(paths: list[str]) -> pd.DataFrame:
-    """One row per run.json: ids, optimizer, lr, effective lr, frozen fraction, selected epoch, train time."""
+    """One row per run.json: ids, optimizer, lr, effective lr, frozen fraction, selected epoch."""
     rows = []
     for p in paths:
         run = json.loads(Path(p).read_text())
@@ -51,10 +50,9 @@ def read_runs(paths: list[str]) -> pd.DataFrame:
         rows.append({"dataset": run["dataset"], "model": run["model"], "method": run["method"],
                      "hp": run.get("hp", ""), "seed": int(run["seed"]), "optimizer": settings.get("optimizer"),
                      "lr": run.get("lr", settings.get("lr")), "effective_lr": run.get("effective_lr"),
-                     "frozen_fraction": run.get("frozen_fraction", 0.0), "selected_epoch": run.get("selected_epoch"),
-                     "train_seconds": run.get("train_seconds")})
+                     "frozen_fraction": run.get("frozen_fraction", 0.0), "selected_epoch": run.get("selected_epoch")})
     return pd.DataFrame(rows, columns=["dataset", "model", "method", "hp", "seed", "optimizer", "lr", "effective_lr",
-                                       "frozen_fraction", "selected_epoch", "train_seconds"])
+                                       "frozen_fraction", "selected_epoch"])
 
 
 def row_label(kind: str, method: str, labels: dict[str, str]) -> str:

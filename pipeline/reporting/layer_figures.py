@@ -11,6 +11,8 @@ tensor, see :mod:`pipeline.training.finetune`). Per layer group (input to output
   over the group's tensors weighted by their size.
 
 Seeds are then averaged. Only each method's grid point chosen on ID val is drawn.
+:func:`grad_norms_figure` draws the per-layer gradient norms at the start of fine-tuning
+(:mod:`pipeline.analysis.grad_norms`).
 """
 from __future__ import annotations
 
@@ -88,4 +90,30 @@ def layers_figure(summary: pd.DataFrame, labels: dict[str, str], methods: list[s
             for handle, label in zip(*ax.get_legend_handles_labels()):
                 entries.setdefault(label, handle)
         fig.legend(list(entries.values()), list(entries), loc="outside right upper", frameon=False)
+    return fig
+
+
+def grad_norms_figure(df: pd.DataFrame) -> Figure:
+    """Bar plot of ``grad_norm_per_param`` per group index (log scale), embedding groups highlighted.
+
+    One panel per backbone when a ``model`` column is present.
+    """
+    parts = list(df.groupby("model", sort=False)) if "model" in df.columns else [("", df)]
+    with matplotlib.style.context(["default", STYLE]):
+        width = max(3.5, 0.28 * max(len(p) for _, p in parts) + 1.2)
+        fig = Figure(figsize=(width, 2.4 * len(parts) + 0.3), layout="constrained")
+        axes = fig.subplots(len(parts), 1, squeeze=False)[:, 0]
+        for ax, (name, part) in zip(axes, parts):
+            part = part.sort_values("index")
+            # Empty groups (a ViT's Identity norm_pre) keep their slot but draw no bar.
+            y = part["grad_norm_per_param"].fillna(0.0)
+            colors = ["tab:red" if e else "tab:blue" for e in part["embed"]]
+            ax.bar(part["index"], y.where(y > 0), color=colors, width=0.8)
+            ax.set_xticks(part["index"], part["group"], rotation=90, fontsize=6)
+            if (y > 0).any():
+                ax.set_yscale("log")
+            ax.set_ylabel(r"$\|g\|_2/\sqrt{n}$")
+            if name:
+                ax.set_title(str(name))
+        fig.suptitle("gradient norm per parameter at the start of fine-tuning; red: embedding", fontsize=7)
     return fig

@@ -20,8 +20,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from pipeline.cli import parse_job
 from pipeline.io import atomic_path
+from pipeline.job import parse_job
 
 log = logging.getLogger(__name__)
 

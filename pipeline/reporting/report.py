@@ -9,12 +9,13 @@ Inputs:
   ``runs``      ``.../seed{seed}/run.json`` (optimizer and learning rates for the table's note)
   ``layers``    ``.../seed{seed}/layers.csv`` (per-layer change and SPD activity)
   ``grad_norms`` ``results/{dataset}/{model}/grad_norms.csv`` (freeze-embed analysis)
-  ``templates`` ``paper/templates/results_table.tex.j2``
+  ``templates`` every table template of ``paper/templates/`` but the LP-FT theory one
 Outputs:
   ``results``    ``results/report/results.csv``: every tidy row, concatenated and sorted
   ``metrics``    ``results/report/metrics.json``: ``{dataset: {model: {row: {id_acc, ood_acc}}}}``
                  (means over seeds, fractions) for ``dvc metrics show``
-  ``table``      ``paper/tables/results.tex`` (``\\label{tab:results}``)
+  ``table_<name>`` ``paper/tables/<name>.tex`` from ``paper/templates/<name>.tex.j2`` (the results
+                 table: ``results``, ``\\label{tab:results}``)
   ``figure``     ``paper/figures/id_vs_ood.pdf``; ``figure_png`` the same as PNG for ``dvc plots``
   ``grad_norms`` ``paper/figures/grad_norms.pdf``: per-layer gradient norms at the start of fine-tuning
   ``layers``     ``paper/figures/layers.pdf``: per-layer change from pretrained, SPD activity
@@ -26,12 +27,12 @@ split and metric of grid points (``val_split``, ``ood_val_split``, ``selection_m
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pandas as pd
 
-from pipeline.analysis.grad_norms import grad_norms_figure
-from pipeline.cli import parse_job
 from pipeline.io import write_csv, write_json, write_text
+from pipeline.job import parse_job
 from pipeline.reporting.aggregate import (
     metrics_tree,
     read_runs,
@@ -41,8 +42,8 @@ from pipeline.reporting.aggregate import (
     wise_ft_curves,
 )
 from pipeline.reporting.figures import id_vs_ood_figure, save_figure
-from pipeline.reporting.layer_figures import layer_summary, layers_figure, read_layers
-from pipeline.reporting.tables import render_table
+from pipeline.reporting.layer_figures import grad_norms_figure, layer_summary, layers_figure, read_layers
+from pipeline.reporting.tables import render_template, table_context
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +57,8 @@ def _paths(value: str | list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     job = parse_job("report", argv)
-    report_cfg = {**REPORT_DEFAULTS, **job.cfg.get("report", {})}
-    methods = list(job.cfg["experiment"]["methods"])
+    report_cfg = {**REPORT_DEFAULTS, **(job.params.get("report") or {})}
+    methods = list(job.params["experiment"]["methods"])
     results = read_tidy(_paths(job.inputs["lp"]) + _paths(job.inputs["evaluate"]) + _paths(job.inputs["wise_ft"])
                         + _paths(job.inputs.get("soup", [])))
     if results.empty:
@@ -70,8 +71,10 @@ def main(argv: list[str] | None = None) -> int:
 
     write_csv(job.outputs["results"], results)
     write_json(job.outputs["metrics"], metrics_tree(summary))
-    write_text(job.outputs["table"], render_table(_paths(job.inputs["templates"])[0], summary, runs, report_cfg,
-                                                  methods, chosen))
+    context = table_context(summary, runs, report_cfg, methods, chosen)
+    for template in _paths(job.inputs["templates"]):
+        name = Path(template).name.removesuffix(".tex.j2")
+        write_text(job.outputs[f"table_{name}"], render_template(template, context))
     save_figure(id_vs_ood_figure(summary, curves, methods), job.outputs["figure"], job.outputs["figure_png"])
     norms = pd.concat([pd.read_csv(p) for p in _paths(job.inputs["grad_norms"])], ignore_index=True)
     save_figure(grad_norms_figure(norms), job.outputs["grad_norms"])

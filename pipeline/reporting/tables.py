@@ -1,6 +1,8 @@
-"""Render the results summary into a booktabs LaTeX table with Jinja2.
+"""Render LaTeX tables with Jinja2; the results summary's table context.
 
-The template (``paper/templates/results_table.tex.j2``) uses LaTeX-safe
+Every table of the paper is a template in ``paper/templates/`` rendered by
+:func:`render_template` (the results table here, the LP-FT theory table by its stage).
+Templates use LaTeX-safe
 delimiters, so braces and ``%`` in LaTeX need no escaping in the template:
 ``\\BLOCK{...}`` blocks, ``\\VAR{...}`` variables, ``\\#{...}`` comments, ``%%``
 line statements and ``%#`` line comments. Every free-text value (labels, names)
@@ -15,6 +17,7 @@ from pathlib import Path
 import jinja2
 import pandas as pd
 
+from pipeline.methods.registry import label
 from pipeline.reporting.aggregate import KINDS
 
 LATEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
@@ -26,8 +29,6 @@ GROUP_HEADINGS = {"soup": r"Model soups, greedy order and acceptance on ID val",
                   "hp_oracle": r"Oracle: grid point selected on OOD val (not a valid selection rule)",
                   "oracle": r"Oracle: WiSE-FT, $\alpha$ selected on OOD val (not a valid selection rule)"}
 MISSING = "--"
-OPTIMIZER_NAMES = {"adamw": "AdamW", "adam": "Adam", "sgd": "SGD", "adamp": "AdamP", "sgdp": "SGDP",
-                   "spd": "Adam + SPD"}
 
 
 def latex_escape(value: object) -> str:
@@ -126,7 +127,7 @@ def settings_lines(runs: pd.DataFrame, labels: dict[str, str], methods: list[str
             r = r[r["hp"] == pick.iloc[0]]
         first = r.iloc[0]
         optimizer = first["optimizer"] or "?"
-        text = f"{latex_escape(labels.get(m, m))}: {latex_escape(OPTIMIZER_NAMES.get(optimizer, optimizer))}"
+        text = f"{latex_escape(labels.get(m, m))}: {latex_escape(label('optimizer', optimizer))}"
         if first["lr"] is not None and not pd.isna(first["lr"]):
             text += f", lr {_number(float(first['lr']))}"
             eff = first["effective_lr"]
@@ -159,9 +160,7 @@ def table_context(summary: pd.DataFrame, runs: pd.DataFrame, report_cfg: dict, m
             "settings": settings_lines(runs, report_cfg.get("labels") or {}, methods, chosen)}
 
 
-def render_table(template: str | Path, summary: pd.DataFrame, runs: pd.DataFrame, report_cfg: dict,
-                 methods: list[str], chosen: pd.DataFrame | None = None) -> str:
-    """Render ``template`` (a ``.tex.j2`` file) with the summary."""
+def render_template(template: str | Path, context: dict) -> str:
+    """Render a ``.tex.j2`` template: the one way a table of the paper is written."""
     template = Path(template)
-    env = make_environment(template.parent)
-    return env.get_template(template.name).render(**table_context(summary, runs, report_cfg, methods, chosen))
+    return make_environment(template.parent).get_template(template.name).render(**context)

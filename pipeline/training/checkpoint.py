@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.io import atomic_path
+from pipeline.io import atomic_path, save_tensors
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +91,6 @@ class Checkpointer:
 
     def save(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator,
              best_state: dict[str, torch.Tensor], order: torch.Tensor | None, loop_state: dict) -> Path:
-        from safetensors.torch import save_file
-
         tensors = {f"model/{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         tensors |= {f"best/{k}": v.contiguous() for k, v in best_state.items()}
         optim_tensors, optim_rest = _optimizer_split(optimizer)
@@ -105,7 +103,7 @@ class Checkpointer:
                          "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]]}}
         target = self.root / f"step{step:09d}"
         with atomic_path(target, is_dir=True) as tmp:
-            save_file(tensors, str(tmp / "tensors.safetensors"))
+            save_tensors(tmp / "tensors.safetensors", tensors)
             (tmp / "state.json").write_text(json.dumps(state))
         for old in self.root.iterdir():   # only once the new one is complete
             if old != target and (_STEP_DIR.match(old.name) or old.name.startswith(".tmp-")):

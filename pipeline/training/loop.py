@@ -12,8 +12,9 @@ import math
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -23,8 +24,9 @@ from torch import nn
 from pipeline import compat
 from pipeline.data.shards import SplitData
 from pipeline.data.tensors import normalize, random_resized_crop
-from pipeline.evaluation.predict import predict_logits
 from pipeline.io import Preempted, progress
+from pipeline.methods.groups import base_lr
+from pipeline.models.inference import predict_logits
 from pipeline.training.checkpoint import Checkpointer
 from pipeline.training.distributed import Dist, wrap
 
@@ -32,6 +34,13 @@ compat.apply()
 from timm.scheduler import CosineLRScheduler  # noqa: E402
 
 log = logging.getLogger(__name__)
+
+
+class TrainHook(Protocol):
+    """Something a method adds to every step (a regulariser, :mod:`pipeline.methods.registry`)."""
+
+    def after_backward(self) -> None:
+        """Between the backward pass and clipping: e.g. add a penalty's gradient, as if it were in the loss."""
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -110,12 +119,12 @@ class StopSignals:
 
 
 def train(model: nn.Module, optimizer: torch.optim.Optimizer, train_split: SplitData, val_split: SplitData,
-          mean, std, cfg: LoopConfig, after_backward: Callable[[], None] | None = None,
+          mean, std, cfg: LoopConfig, hooks: Sequence[TrainHook] = (),
           checkpoint: Checkpointer | None = None, dist: Dist = Dist()) -> LoopResult:
     """Train and return the weights with the best ID-val accuracy (epoch 0 = the initial model).
 
-    ``after_backward`` runs between the backward pass and the step (e.g. to add
-    the L2-SP gradient before clipping, as if it were part of the loss).
+    Each of ``hooks`` (the method's regularisers) runs its ``after_backward`` between the
+    backward pass and clipping (e.g. L2-SP adds its gradient, as if it were part of the loss).
     With a ``checkpoint``, the run resumes from its latest checkpoint, saves one
     every ``cfg.checkpoint_seconds`` and, on SIGTERM/SIGUSR1, saves one and raises
     :class:`Preempted`. Under torchrun (``dist``), each rank trains on its slice of
@@ -171,8 +180,8 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, train_split: Split
                                              "stopping, no results written (lower the learning rate?)")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                if after_backward is not None:
-                    after_backward()
+                for hook in hooks:
+                    hook.after_backward()
                 if cfg.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 optimizer.step()
@@ -189,7 +198,7 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, train_split: Split
                     elif time.monotonic() - last_save >= cfg.checkpoint_seconds:
                         save()
             val_acc = accuracy(model, val_split, mean, std)
-            state["history"].append({"epoch": epoch, "step": state["step"], "lr": optimizer.param_groups[0]["lr"],
+            state["history"].append({"epoch": epoch, "step": state["step"], "lr": base_lr(optimizer),
                                      "train_loss": float(np.mean(state["losses"])), "id_val_acc": val_acc})
             log.info("%s epoch %d: train loss %.4f, id_val acc %.4f", cfg.name, epoch, np.mean(state["losses"]),
                      val_acc)

@@ -1,8 +1,10 @@
-"""Load and validate ``params.yaml``; resolve per-job settings; hash configs.
+"""Load and validate ``params.yaml``; hash configs.
 
 Validation happens before any job starts (the Snakefile calls :func:`load_params`
 at parse time, and every stage's ``main`` calls it again, which is what guards
-``dvc repro``). Errors are one line that names the offending key, e.g.::
+``dvc repro``). The schema is :mod:`pipeline.config.schema`; the checks that a schema
+cannot express (cross references, keys of another optimizer) follow it. Errors are
+one line that names the offending key, e.g.::
 
     params.yaml: methods.ft_adamw.lr: -0.1 must be > 0
 """
@@ -15,7 +17,9 @@ from typing import Any
 
 import yaml
 
-SCHEMA_PATH = Path(__file__).parent / "schemas" / "params.schema.yaml"
+from pipeline.config.schema import full_schema
+from pipeline.methods.registry import optimizer_only, owners
+
 DEFAULT_PARAMS = "params.yaml"
 
 
@@ -58,15 +62,11 @@ def _describe(err) -> str:
     return f"{key}: {err.message}"
 
 
-def _schema() -> dict:
-    return yaml.safe_load(SCHEMA_PATH.read_text())
-
-
 def validate(cfg: Any, source: str = DEFAULT_PARAMS) -> dict:
     """Validate a parsed params mapping; raise :class:`ParamsError` on the first problem."""
     import jsonschema
 
-    validator = jsonschema.Draft202012Validator(_schema())
+    validator = jsonschema.Draft202012Validator(full_schema())
     errors = sorted(validator.iter_errors(cfg), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
     if errors:
         # The shallowest error is the most useful: an unknown top-level key beats its consequences.
@@ -97,12 +97,6 @@ def validate(cfg: Any, source: str = DEFAULT_PARAMS) -> dict:
     return cfg
 
 
-# Keys that only make sense for some optimizers: a stray one is a mistake, not a no-op.
-OPTIMIZER_KEYS = {"momentum": ("sgd", "sgdp"), "effective_lr": ("sgd", "sgdp"), "betas": ("adamw", "adamp", "spd"),
-                  "delta": ("adamp", "sgdp"), "wd_ratio": ("adamp", "sgdp"), "nesterov": ("adamp", "sgdp"),
-                  "spd_lambda": ("spd",), "head_spd_lambda": ("spd",)}
-
-
 def _check_dataset(name: str, ds: dict, source: str) -> None:
     from pipeline.data.sources import COMMON_KEYS, SOURCES
 
@@ -119,11 +113,13 @@ def _check_dataset(name: str, ds: dict, source: str) -> None:
 
 def _check_method(name: str, m: dict, source: str) -> None:
     grid = m.get("grid") or {}
-    for key, optimizers in OPTIMIZER_KEYS.items():
-        if (key in m or key in grid) and m["optimizer"] not in optimizers:
+    # A key only some optimizers read is a mistake under another one, not a no-op.
+    for key in [*m, *grid]:
+        readers = [c.name for c in owners(key)]
+        if optimizer_only(key) and m["optimizer"] not in readers:
             where = f"methods.{name}.{'grid.' if key in grid else ''}{key}"
             raise ParamsError(f"{source}: {where}: not used by optimizer {m['optimizer']} "
-                              f"(only by {', '.join(optimizers)})")
+                              f"(only by {', '.join(readers)})")
     for key in grid:
         if key in m:
             raise ParamsError(f"{source}: methods.{name}.{key}: also swept in methods.{name}.grid.{key}; keep one")

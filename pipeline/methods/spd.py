@@ -221,3 +221,16 @@ def _spd_compiled(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tens
         _compiled_tensor_step(*(_flat(lst[i]) for lst in (params, grads, exp_avgs, exp_avg_sqs, anchors)),
                               counts[i], coefs[k])
     torch.autograd.graph.increment_version([params[i] for i in dense])
+
+
+def build(groups: list[dict], settings: dict, device: torch.device) -> SPD:
+    """SPD over the parameter groups: ``spd_lambda`` on the backbone, ``head_spd_lambda`` on the new head."""
+    lam, head_lam = float(settings["spd_lambda"]), float(settings["head_spd_lambda"])
+    spd_groups = [{"params": g["params"], "param_names": g["param_names"], "lr": g["lr"], "lr_factor": g["lr_factor"],
+                   "lam": head_lam if g["head"] else lam} for g in groups]
+    return SPD(spd_groups, lr=float(settings["lr"]), betas=tuple(settings["betas"]))
+
+
+def layer_stats(optimizer: SPD) -> dict[str, dict[str, float]]:
+    """``spd_projected``: the fraction of steps on which each anchored tensor was projected."""
+    return {name: {"spd_projected": frac} for name, frac in optimizer.projection_fractions() if name is not None}

@@ -2,6 +2,7 @@
 
     Omega(theta) = alpha/2 ||theta_body - theta_0||^2 + beta/2 ||theta_head||^2
 
+A regulariser of the method registry (:func:`build`): active when alpha or beta is > 0.
 The anchor theta_0 is the backbone only: unlike the reference repo's ``.fc.``
 name filter (which misses timm and CLIP head names and so pulls the head toward
 its random or LP init), the new head gets plain L2 with its own coefficient.
@@ -37,7 +38,7 @@ class L2SP:
         return total
 
     @torch.no_grad()
-    def add_grad_(self) -> None:
+    def after_backward(self) -> None:
         """grad += alpha (theta - theta_0) on the backbone and beta theta on the head."""
         for params, coef in ((self.body, self.alpha), (self.head, self.beta)):
             if not params:
@@ -49,3 +50,9 @@ class L2SP:
             torch._foreach_add_(grads, params, alpha=coef)
         if self.body:
             torch._foreach_add_([p.grad for p in self.body], self.anchors, alpha=-self.alpha)
+
+
+def build(model: nn.Module, settings: dict, head: tuple[str, ...]) -> L2SP | None:
+    """The L2-SP hook of a run, or None when both coefficients are 0."""
+    alpha, beta = float(settings["l2sp_alpha"]), float(settings["l2sp_beta"])
+    return L2SP(model, alpha, beta, head) if alpha > 0 or beta > 0 else None

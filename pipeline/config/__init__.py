@@ -1,0 +1,9 @@
+"""Configuration: loading and validating params.yaml, its schema, and resolving a run's settings.
+
+Below the stage registry and above the method registry: this package reads
+:mod:`pipeline.methods.registry` (pure data) and the dataset sources' specs
+(:mod:`pipeline.data.sources`), and nothing that imports torch.
+"""
+from pipeline.config.load import DEFAULT_PARAMS, ParamsError, config_hash, load_params, lookup, validate
+
+__all__ = ["DEFAULT_PARAMS", "ParamsError", "config_hash", "load_params", "lookup", "validate"]
