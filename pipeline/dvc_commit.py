@@ -19,12 +19,17 @@ from pipeline.config import load_params
 from pipeline.stages import STAGES
 
 
-def output_files(cfg: dict) -> list[Path]:
-    """Every existing output file of every job, directory outputs expanded."""
+def output_files(cfg: dict, results_only: bool = False) -> list[Path]:
+    """Every existing output file of every job, directory outputs expanded.
+
+    ``results_only``: leave out measurements and what is derived from them (``Stage.measured``,
+    ``Stage.volatile``), i.e. keep the outputs that are the same bytes for the same inputs.
+    """
     files: list[Path] = []
     for st in STAGES:
         for wc in st.jobs(cfg):
-            for path in map(Path, st.output_paths(wc).values()):
+            skip = st.measured | st.volatile if results_only else frozenset()
+            for path in (Path(p) for name, p in st.output_paths(wc).items() if name not in skip):
                 if path.is_dir():
                     files += [p for p in path.rglob("*") if p.is_file()]
                 elif path.is_file():

@@ -57,6 +57,8 @@ def render(cfg: dict, params_file: str = DEFAULT_PARAMS) -> str:
                 entry["params"] = keys if params_file == DEFAULT_PARAMS else [{params_file: keys}]
             outs, metrics, plots = [], [], []
             for name, path in st.output_paths(wc).items():
+                if name in st.measured:
+                    continue   # a measurement, not a result: DVC must not re-run a job because it differs
                 if (st.name, name) in METRICS_OUTPUTS:
                     metrics.append(path)
                 elif (st.name, name) in PLOT_OUTPUTS:

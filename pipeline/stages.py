@@ -38,14 +38,17 @@ LP_DIR = "results/{dataset}/{model}/lp"
 RUN_DIR = "results/{dataset}/{model}/{method}/{hp}/seed{seed}"
 # A fine-tune's resumable state while it runs (not an output; removed once the run's outputs exist).
 CHECKPOINT_DIR = "checkpoints/{dataset}/{model}/{method}/{hp}/seed{seed}"
+# Optional live training curves (PIPELINE_LIVE=1, dvclive; not an output).
+LIVE_DIR = "logs/live/{dataset}/{model}/{method}/{hp}/seed{seed}"
 SOUP_DIR = "results/{dataset}/{model}/soup/seed{seed}"
 GRAD_NORMS = "results/{dataset}/{model}/grad_norms.csv"
 ANALYSIS_DIR = "results/analysis"
 REPORT_DIR = "results/report"
 TEMPLATES = "paper/templates"
 # Jinja templates of LaTeX tables (paper/templates/<name>.tex.j2 -> paper/tables/<name>.tex): the
-# lpft_theory stage renders its own, the report every other one.
+# lpft_theory and costs stages render their own, the report every other one.
 LPFT_THEORY_TEMPLATE = f"{TEMPLATES}/lpft_theory.tex.j2"
+COSTS_TEMPLATE = f"{TEMPLATES}/costs.tex.j2"
 
 Inputs = Callable[[dict, dict], dict]
 Select = Callable[[dict, dict], bool]
@@ -79,6 +82,13 @@ class Stage:
     mem_mb: int = 2000
     # Processes per job (data-parallel ranks, one GPU each); more than one runs under torchrun.
     processes: Callable[[dict, dict], int] | None = None
+    # Outputs that measure the job (speed, memory) and differ between runs: no result depends on
+    # them, and DVC does not track them as outputs, so re-running a job never makes DVC re-run it
+    # or its downstream (the stages that read them list them as plain deps).
+    measured: frozenset[str] = frozenset()
+    # Outputs derived from measurements (the cost table, the paper that includes it). Every output
+    # that is neither is the same bytes for the same inputs.
+    volatile: frozenset[str] = frozenset()
 
     def jobs(self, cfg: dict) -> list[dict[str, str]]:
         """Wildcard values of every job, in a stable order."""
@@ -244,9 +254,9 @@ def _init_code(cfg: dict, wc: dict) -> list[str]:
 
 
 def report_templates() -> list[str]:
-    """The table templates the report renders: every one in paper/templates but the lpft_theory stage's."""
+    """The table templates the report renders: every one in paper/templates but the lpft_theory and costs stages'."""
     found = sorted(str(p.relative_to(PACKAGE_ROOT)) for p in (PACKAGE_ROOT / TEMPLATES).glob("*.tex.j2"))
-    return [t for t in found if t != LPFT_THEORY_TEMPLATE]
+    return [t for t in found if t not in (LPFT_THEORY_TEMPLATE, COSTS_TEMPLATE)]
 
 
 def table_output(template: str) -> str:
@@ -306,9 +316,17 @@ def _report_inputs(cfg, wc):
     }
 
 
+def _costs_inputs(cfg, wc):
+    runs = all_runs(cfg)
+    # run.json orders the stage after the fine-tunes in DVC, which does not track cost.json as an output
+    return {"costs": [f"{RUN_DIR}/cost.json".format(**r) for r in runs],
+            "runs": [f"{RUN_DIR}/run.json".format(**r) for r in runs], "template": COSTS_TEMPLATE}
+
+
 def _paper_inputs(cfg, wc):
     report = STAGES_BY_NAME["report"].outputs
     return {"main": "paper/main.tex", "lpft_theory": STAGES_BY_NAME["lpft_theory"].outputs["table"],
+            "costs": STAGES_BY_NAME["costs"].outputs["table"],
             **{k: v for k, v in report.items() if v.startswith("paper/") and v.endswith((".tex", ".pdf"))}}
 
 
@@ -341,10 +359,11 @@ STAGES: tuple[Stage, ...] = (
           "Fine-tune one method at one grid point and seed: warmup + cosine, checkpoint chosen on ID val.",
           RUN,
           {"model": f"{RUN_DIR}/model.safetensors", "history": f"{RUN_DIR}/history.csv", "run": f"{RUN_DIR}/run.json",
-           "layers": f"{RUN_DIR}/layers.csv"},
+           "layers": f"{RUN_DIR}/layers.csv", "cost": f"{RUN_DIR}/cost.json"},
           _finetune_inputs, params=("finetune", "methods.{method}.*", "models.{model}",
                                     "datasets.{dataset}.train_augment", "datasets.{dataset}.finetune"),
-          extra_code=_method_code, gpu=1, runtime=240, mem_mb=16000, processes=_finetune_ranks),
+          extra_code=_method_code, gpu=1, runtime=240, mem_mb=16000, processes=_finetune_ranks,
+          measured=frozenset({"cost"})),
     Stage("evaluate", "pipeline.evaluation.evaluate",
           "Accuracy of the fine-tuned model on every split and domain.",
           RUN, {"metrics": f"{RUN_DIR}/metrics.csv"}, _evaluate_inputs,
@@ -372,8 +391,12 @@ STAGES: tuple[Stage, ...] = (
                "figure_png": "paper/figures/id_vs_ood.png", "grad_norms": "paper/figures/grad_norms.pdf",
                "layers": "paper/figures/layers.pdf"},
           _report_inputs, params=("report", "experiment.methods")),
+    Stage("costs", "pipeline.reporting.costs",
+          "What each method's runs cost: GPU-hours, images/s, peak memory (measured; varies between runs).",
+          (), {"costs": f"{REPORT_DIR}/costs.csv", "table": table_output(COSTS_TEMPLATE)}, _costs_inputs,
+          params=("report.labels", "experiment.methods"), volatile=frozenset({"costs", "table"})),
     Stage("paper", "pipeline.reporting.paper", "Compile paper/main.tex with latexmk.",
-          (), {"pdf": "paper/main.pdf"}, _paper_inputs, mem_mb=2000),
+          (), {"pdf": "paper/main.pdf"}, _paper_inputs, mem_mb=2000, volatile=frozenset({"pdf"})),
 )
 
 STAGES_BY_NAME = {s.name: s for s in STAGES}

@@ -1,9 +1,9 @@
 """Run one real dataset through the pipeline's own stages, as a test would on a cluster.
 
 ``run_dataset_stages`` writes a params.yaml holding the dataset entry and a tiny
-random-init timm model, then calls each stage's ``main``: prepare_data, backbone,
-one-batch fine-tune (ft_adamw, one epoch, the whole train split in one batch),
-evaluate. It returns the prepared dataset and the tidy metrics of the run.
+random-init timm model, then calls each stage's ``main``: prepare_data, backbone, a short
+fine-tune (ft_adamw, one epoch of batches of 4), evaluate. It returns the prepared dataset and
+the tidy metrics of the run.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from pipeline.data.sources.base import CorruptImageError, MissingDataError
 MODEL = "test_efficientnet"
 
 
-def dataset_params(name: str, entry: dict, batch_size: int = 256) -> dict:
+def dataset_params(name: str, entry: dict, batch_size: int = 4) -> dict:
     cfg = tiny_params(model=MODEL, weights="none")
     cfg["experiment"] = {"datasets": [name], "models": ["tiny"], "methods": ["ft_adamw"], "seeds": [0]}
     cfg["datasets"] = {name: entry}
@@ -31,7 +31,7 @@ def dataset_params(name: str, entry: dict, batch_size: int = 256) -> dict:
     return cfg
 
 
-def run_dataset_stages(workdir: Path, name: str, entry: dict, monkeypatch, batch_size: int = 256):
+def run_dataset_stages(workdir: Path, name: str, entry: dict, monkeypatch, batch_size: int = 4):
     """(PreparedDataset, metrics DataFrame) of one fine-tuning run on dataset ``name``."""
     from pipeline.data.prepare import main as prepare_main
     from pipeline.data.shards import PreparedDataset

@@ -4,12 +4,10 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from pipeline.data.digits import build_digits_task
 from pipeline.data.prepare import main as prepare_main
 from pipeline.data.shards import PreparedDataset, write_prepared
-from pipeline.data.tensors import random_resized_crop, to_float
 from pipeline.io import atomic_path
 
 
@@ -102,27 +100,3 @@ def test_prepare_stage_main(tiny_workdir):
     assert info["splits"]["train"] == 60 and len(info["config_hash"]) == 12
     meta = pd.read_csv(tiny_workdir / "data/prepared/digits/metadata.csv")
     assert list(meta.columns) == ["split", "index", "label", "domain", "group", "source"]
-
-
-def test_augmentation_identity_and_crop():
-    g = torch.Generator().manual_seed(0)
-    nhwc = torch.from_numpy(np.random.default_rng(0).integers(0, 255, (4, 12, 12, 3), dtype=np.uint8))
-    square = nhwc.permute(0, 3, 1, 2)   # what the crop returns: uint8 NCHW
-    assert torch.equal(random_resized_crop(nhwc, (1.0, 1.0), g), square)
-    flipped = random_resized_crop(nhwc, (1.0, 1.0), torch.Generator().manual_seed(1), hflip=True)
-    assert any(torch.equal(flipped[i], square[i].flip(-1)) for i in range(4))
-    assert any(torch.equal(flipped[i], square[i]) for i in range(4))
-    cropped = random_resized_crop(nhwc, (0.3, 0.5), g)
-    assert cropped.shape == square.shape and not torch.equal(cropped, square)
-    again = random_resized_crop(nhwc, (0.3, 0.5), torch.Generator().manual_seed(0))
-    assert torch.equal(again, random_resized_crop(nhwc, (0.3, 0.5), torch.Generator().manual_seed(0)))
-
-
-def test_to_float_normalises_in_one_pass():
-    x = np.random.default_rng(0).integers(0, 256, (3, 5, 7, 3), dtype=np.uint8)
-    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-    ref = (torch.from_numpy(x).permute(0, 3, 1, 2).double() / 255 - torch.tensor(mean).view(1, 3, 1, 1).double()) \
-        / torch.tensor(std).view(1, 3, 1, 1).double()
-    out = to_float(x, mean, std)
-    assert out.dtype == torch.float32 and out.shape == (3, 3, 5, 7) and out.is_contiguous()
-    torch.testing.assert_close(out.double(), ref, atol=2e-6, rtol=0)

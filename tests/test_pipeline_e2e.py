@@ -72,13 +72,13 @@ def project(tmp_path_factory):
 
 
 def output_hashes(root: Path, cfg: dict) -> dict[str, str]:
-    """sha256 of every output file of every job (directory outputs expanded)."""
+    """sha256 of every result file of every job (directory outputs expanded; measurements left out)."""
     from pipeline.dvc_commit import output_files
 
     cwd = Path.cwd()
     try:
         os.chdir(root)
-        files = output_files(cfg)
+        files = output_files(cfg, results_only=True)
     finally:
         os.chdir(cwd)
     return {str(f): hashlib.sha256((root / f).read_bytes()).hexdigest() for f in files}
@@ -112,7 +112,7 @@ def test_full_run_then_nothing_to_do_then_targeted_reruns(project):
     # one method's learning rate changes: only its jobs and their downstream re-run
     cfg["methods"]["ft_adamw"]["lr"] = cfg["methods"]["ft_adamw"]["lr"] * 2
     (root / "params.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    expected = Counter({"finetune": 2, "evaluate": 2, "wise_ft": 2, "soup": 2, "report": 1, "paper": 1})
+    expected = Counter({"finetune": 2, "evaluate": 2, "wise_ft": 2, "soup": 2, "report": 1, "costs": 1, "paper": 1})
     assert snakemake_jobs(run_cli(*snake, "-n", cwd=root, env=env).stdout) == expected
     ran = dvc_ran(run_cli("make", "-f", str(REPO / "Makefile"), "repro", f"VENV={BIN.parent}", cwd=root,
                           env=env).stdout)
@@ -143,8 +143,11 @@ def test_forced_rerun_writes_the_same_bytes(project):
     after = output_hashes(root, cfg)
     changed = sorted(f for f in before if before[f] != after.get(f))
     assert not changed, f"re-running with the same inputs changed {changed}"
-    # a retried job's outputs are the recorded ones: DVC has nothing to re-run
-    assert "up to date" in run_cli(str(BIN / "dvc"), "status", cwd=root, env=env).stdout
+    # a retried job's results are the recorded ones: DVC re-runs nothing but the cost table (new
+    # measurements) and the paper that shows it
+    status = json.loads(run_cli(str(BIN / "dvc"), "status", "--json", cwd=root, env=env).stdout)
+    assert set(status) <= {"costs", "paper"}, status
+    assert dvc_ran(run_cli(str(BIN / "dvc"), "repro", cwd=root, env=env).stdout) <= Counter({"costs": 1, "paper": 1})
 
 
 def test_model_kwargs_edit_reruns_backbone_and_downstream_in_both_runners(project):
@@ -168,7 +171,8 @@ def test_dvc_experiment_reruns_the_affected_stages_and_is_tabulated(project):
     run_cli(dvc, "exp", "save", "--force", "--name", "demo", cwd=root, env=env)   # as `make demo` ends
     out = run_cli(dvc, "exp", "run", "-n", "lpft_lr", "-S", f"methods.lpft.lr={lr}", cwd=root, env=env).stdout
     ran = dvc_ran(out) + Counter(name.split("--")[0] for name in re.findall(r"Restored stage '([^']+)'", out))
-    assert ran == Counter({"finetune": 2, "evaluate": 2, "wise_ft": 2, "report": 1, "paper": 1, "check_params": 1})
+    assert ran == Counter({"finetune": 2, "evaluate": 2, "wise_ft": 2, "report": 1, "costs": 1, "paper": 1,
+                           "check_params": 1})
     shown = json.loads(run_cli(dvc, "exp", "show", "--json", cwd=root, env=env).stdout)
     exps = [r for e in shown for x in e.get("experiments") or [] for r in x["revs"]]
     mine = next(r for r in exps if r["name"] == "lpft_lr")

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from pipeline.evaluation.metrics import COLUMNS
-from pipeline.reporting import aggregate, paper, report
+from pipeline.reporting import aggregate, costs, paper, report
 from pipeline.reporting.tables import format_cell, latex_escape
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,8 +68,13 @@ def write_run(d: Path, method: str, hp: str, seed: int, rows: list[dict]) -> Non
                 "lr": 0.01 if sgd else 3e-4}
     run = {"dataset": "digits", "model": "lite0", "method": method, "hp": hp, "seed": seed, "config_hash": "0123",
            "settings": settings, "lr": settings["lr"], "effective_lr": 0.1 if sgd else None,
-           "frozen_fraction": 0.0, "selected_epoch": 3, "train_seconds": 1.5}
+           "frozen_fraction": 0.0, "selected_epoch": 3}
     (d / "run.json").write_text(json.dumps(run))
+    # what the run cost: seed s trained (s+1)/10 h on one GPU at 100 (s+1) img/s, peak (s+1) GiB
+    cost = {"dataset": "digits", "model": "lite0", "method": method, "hp": hp, "seed": seed, "config_hash": "0123",
+            "device": "cuda:0", "gpus": 1, "images_per_s": 100.0 * (seed + 1), "train_seconds": 360.0 * (seed + 1),
+            "gpu_hours": 0.1 * (seed + 1), "peak_memory_bytes": (seed + 1) * 2**30}
+    (d / "cost.json").write_text(json.dumps(cost))
     # two layer groups; SPD projects more in the first one
     spd = method == "spd"
     pd.DataFrame([{"param": "stem.w", "group": "stem", "numel": 10, "frozen": False, "init_norm": 2.0,
@@ -133,7 +138,8 @@ def reported(project: Path) -> Path:
     from pipeline.analysis import lpft_theory
 
     assert report.main([]) == 0
-    assert lpft_theory.main([]) == 0   # the paper's other table
+    assert lpft_theory.main([]) == 0   # the paper's other tables
+    assert costs.main([]) == 0
     return project
 
 
@@ -272,6 +278,18 @@ def test_layer_summary_uses_chosen_grid_point(reported: Path) -> None:
     assert math.isnan(got.loc[("ft_adamw", "head"), "spd_projected"])
     assert got.loc[("spd", "stem"), "group_index"] == 0 and got.loc[("spd", "head"), "group_index"] == 1
     assert len(got.loc["spd"]) == 2   # one grid point only (the chosen one), not both
+
+
+def test_cost_table_sums_gpu_hours_and_takes_peaks(reported: Path) -> None:
+    rows = pd.read_csv("results/report/costs.csv")
+    assert len(rows) == len(SEEDS) * (len(BASE) + len(SPD))   # one row per run
+    table = Path("paper/tables/costs.tex").read_text()
+    line = next(ln for ln in table.splitlines() if ln.startswith("digits & lite0 & FT (AdamW)"))
+    runs, gpu_hours, train_hours, rate, peak = [c.strip(" \\") for c in line.split("&")[3:]]
+    assert (runs, gpu_hours, train_hours, rate, peak) == ("3", "0.600", "0.600", "200", "3072")
+    spd = next(ln for ln in table.splitlines() if ln.startswith("digits & lite0 & SPD"))
+    assert spd.split("&")[3].strip() == str(len(SEEDS) * len(SPD))   # every grid point's runs count
+    assert r"\label{tab:costs}" in table and "cuda:0" in table
 
 
 def test_paper_builds_pdf(reported: Path) -> None:

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.data.augment import normalize
 from pipeline.data.shards import PreparedDataset
-from pipeline.data.tensors import to_float
 from pipeline.io import write_csv
 from pipeline.job import parse_job
 from pipeline.methods.init_random import init_head
@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     n = min(int(((params.get("analysis") or {}).get("grad_norms") or {}).get("batch_size", 64)), len(train))
     idx = np.sort(np.random.default_rng(0).choice(len(train), size=n, replace=False))
     mean, std = normalization(model)
-    df = layer_grad_norms(model, to_float(train.images[idx], mean, std), torch.tensor(train.labels[idx]))
+    images = normalize(torch.from_numpy(train.images[idx]), mean, std)
+    df = layer_grad_norms(model, images, torch.tensor(train.labels[idx]))
     write_csv(job.outputs["grad_norms"], df.assign(dataset=wc["dataset"], model=wc["model"],
                                                    config_hash=job.config_hash))
     return 0

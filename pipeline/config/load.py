@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from pipeline.config.schema import full_schema
+from pipeline.config.settings import grid_points, resolve_settings
 from pipeline.methods.registry import optimizer_only, owners
 
 DEFAULT_PARAMS = "params.yaml"
@@ -84,6 +85,9 @@ def validate(cfg: Any, source: str = DEFAULT_PARAMS) -> dict:
         raise ParamsError(f"{source}: linear_probe.C_min: {lp['C_min']} is larger than C_max {lp['C_max']}")
     for name, m in cfg["methods"].items():
         _check_method(name, m, source)
+    for dataset in cfg["experiment"]["datasets"]:
+        for name in cfg["experiment"]["methods"]:
+            _check_batches(cfg, dataset, name, source)
     for section in ("wise_ft", "soups"):
         for i, name in enumerate((cfg.get(section) or {}).get("methods", [])):
             if name not in exp["methods"]:
@@ -127,6 +131,29 @@ def _check_method(name: str, m: dict, source: str) -> None:
     if len(rates) != 1:
         problem = "set lr or effective_lr" if not rates else "set lr or effective_lr, not both"
         raise ParamsError(f"{source}: methods.{name}: {problem}")
+
+
+def setting_key(cfg: dict, dataset: str, method: str, key: str) -> str:
+    """The dotted key a run's setting comes from: the most specific level that sets it."""
+    levels = [f"methods.{method}.grid.{key}", f"methods.{method}.{key}", f"datasets.{dataset}.finetune.{key}",
+              f"finetune.{key}"]
+    for dotted in levels:
+        try:
+            lookup(cfg, dotted)
+            return dotted
+        except (KeyError, TypeError):
+            continue
+    return f"finetune.{key} (default)"
+
+
+def _check_batches(cfg: dict, dataset: str, method: str, source: str) -> None:
+    """The global batch must split evenly over the GPUs and then over the micro-batches."""
+    for point in grid_points(cfg["methods"][method]):
+        s = resolve_settings(cfg, method, point, dataset)
+        if s["batch_size"] % (s["gpus"] * s["accumulate"]):
+            raise ParamsError(f"{source}: {setting_key(cfg, dataset, method, 'batch_size')}: {s['batch_size']} does "
+                              f"not split into gpus x accumulate = {s['gpus']} x {s['accumulate']} equal "
+                              f"micro-batches (method {method}, dataset {dataset})")
 
 
 def load_params(path: str | Path = DEFAULT_PARAMS) -> dict:

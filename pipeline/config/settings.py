@@ -29,6 +29,15 @@ TRAIN_KEYS: dict[str, Key] = {
     "bn": Key("eval", {"enum": ["train", "eval"]}, "BatchNorm statistics: updated (train) or frozen (eval)"),
     # Data-parallel processes (GPUs) per run; > 1 launches torchrun + DDP.
     "gpus": Key(1, {"type": "integer", "minimum": 1, "maximum": 64}, "GPUs (DDP processes) per run"),
+    # How the run uses its device (pipeline/training/runtime.py).
+    "precision": Key("auto", {"enum": ["auto", "fp32", "bf16", "fp16"]},
+                     "autocast precision; auto: bf16 on a CUDA device that supports it, fp32 elsewhere"),
+    "channels_last": Key("auto", {"enum": ["auto", True, False]},
+                         "channels-last memory format; auto: on for convolutional families on CUDA"),
+    "compile": Key(False, {"type": "boolean"}, "torch.compile the model"),
+    "accumulate": Key(1, _POSITIVE_INT, "micro-batches per optimizer step (the global batch is unchanged)"),
+    "grad_checkpointing": Key(False, {"type": "boolean"}, "recompute activations in backward (timm models)"),
+    "deterministic": Key(True, {"type": "boolean"}, "deterministic kernels; false lets cuDNN autotune"),
 }
 TRAIN_DEFAULTS: dict[str, Any] = {k: v.default for k, v in TRAIN_KEYS.items()}
 DEFAULT_HP = "default"   # the run name of a method without a grid

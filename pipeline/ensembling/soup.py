@@ -14,7 +14,7 @@ Inputs: ``data/prepared/{dataset}``, each ingredient's ``model.safetensors`` and
 Outputs in ``results/{dataset}/{model}/soup/seed{seed}/``: ``metrics.csv`` (tidy rows of
 methods ``uniform_soup`` and ``greedy_soup``; ``hp`` says how many ingredients) and
 ``soup.json`` (ingredients in greedy order, their ID-val accuracy, which were kept).
-Params: ``soups.methods``, ``evaluate.batch_size``, ``models.{model}``.
+Params: ``soups.methods``, ``evaluate`` (batch size, precision), ``models.{model}``.
 """
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ from pipeline.evaluation.predict import evaluate_model
 from pipeline.io import write_csv, write_json
 from pipeline.job import parse_job
 from pipeline.models.backbone import default_device, load_state, model_from_config, normalization
+from pipeline.models.inference import inference_options
 
 log = logging.getLogger(__name__)
 State = dict[str, torch.Tensor]
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     val_split = data.info.get("val_split", "id_val")
     model = model_from_config(params["models"][wc["model"]], data.num_classes, None).to(default_device()).eval()
     mean, std = normalization(model)
-    batch = (params.get("evaluate") or {}).get("batch_size", 256)
+    inference = inference_options(params.get("evaluate"))
 
     paths, metrics = list(job.inputs["models"]), list(job.inputs["metrics"])
     scores = [id_val_accuracy(m, val_split) for m in metrics]
@@ -116,14 +117,14 @@ def main(argv: list[str] | None = None) -> int:
 
     def score(state: State) -> float:
         model.load_state_dict(state, strict=True)
-        rows = evaluate_model(model, data, mean, std, batch, splits=[val_split])
+        rows = evaluate_model(model, data, mean, std, splits=[val_split], **inference)
         return next(r["value"] for r in rows if r["domain"] == ALL_DOMAINS)
 
     greedy, kept, greedy_val = greedy_soup(ingredients(), scores[order[0]], score)
     frames = []
     for name, state, n in (("uniform_soup", uniform.state(), len(paths)), ("greedy_soup", greedy, sum(kept))):
         model.load_state_dict(state, strict=True)
-        rows = evaluate_model(model, data, mean, std, batch)
+        rows = evaluate_model(model, data, mean, std, **inference)
         frames.append(tidy(rows, dataset=wc["dataset"], model=wc["model"], method=name, hp=f"{n}of{len(paths)}",
                            seed=job.seed, config_hash=job.config_hash))
     write_csv(job.outputs["metrics"], pd.concat(frames, ignore_index=True))

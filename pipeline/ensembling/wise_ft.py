@@ -8,7 +8,7 @@ Output: ``.../seed{seed}/wise_ft.csv``: tidy rows for every alpha (selection ``g
 repeated for the alpha chosen on ID val (``id_val``) and, labelled as an oracle,
 the alpha chosen on OOD val (``ood_val_oracle``).
 Runs for the methods in ``wise_ft.methods`` (default: all).
-Params: ``wise_ft.alphas``, ``evaluate.batch_size``, ``models.{model}``, ``methods.{method}.init``.
+Params: ``wise_ft.alphas``, ``evaluate`` (batch size, precision), ``models.{model}``, ``methods.{method}.init``.
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from pipeline.io import progress, write_csv
 from pipeline.job import parse_job
 from pipeline.methods.assemble import pretrained_head
 from pipeline.models.backbone import default_device, head_names, load_state, model_from_config, normalization
+from pipeline.models.inference import inference_options
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     head = pretrained_head(params["methods"][wc["method"]]["init"], job.inputs)
     theta0, keep = pretrained_endpoint(load_state(job.inputs["weights"]), theta1, head_names(model), head)
 
-    batch = (params.get("evaluate") or {}).get("batch_size", 256)
+    inference = inference_options(params.get("evaluate"))
     ids = dict(dataset=wc["dataset"], model=wc["model"], method=wc["method"], hp=wc["hp"], seed=job.seed)
     frames = []
     for alpha in progress(sorted(params["wise_ft"]["alphas"]), desc="wise-ft"):
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                      config_hash=job.config_hash))
             continue
         model.load_state_dict(interpolate(theta0, theta1, alpha, keep), strict=True)
-        rows = evaluate_model(model, data, mean, std, batch)
+        rows = evaluate_model(model, data, mean, std, **inference)
         frames.append(tidy(rows, **ids, alpha=alpha, selection="grid", config_hash=job.config_hash))
     curve = pd.concat(frames, ignore_index=True)
     val_split = data.info.get("val_split", "id_val")

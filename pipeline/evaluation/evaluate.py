@@ -2,7 +2,7 @@
 
 Inputs: ``data/prepared/{dataset}``, ``results/{dataset}/{model}/{method}/{hp}/seed{seed}/model.safetensors``.
 Output: ``.../seed{seed}/metrics.csv`` (tidy rows, :mod:`pipeline.evaluation.metrics`).
-Params: ``evaluate.batch_size``, ``models.{model}`` (architecture).
+Params: ``evaluate`` (``batch_size``, ``precision``), ``models.{model}`` (architecture).
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from pipeline.evaluation.predict import evaluate_model
 from pipeline.io import write_csv
 from pipeline.job import parse_job
 from pipeline.models.backbone import default_device, load_state, model_from_config, normalization
+from pipeline.models.inference import inference_options
 
 
 def load_finetuned(model_cfg: Mapping, num_classes: int, path: str):
@@ -29,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     data = PreparedDataset(job.inputs["data"])
     model = load_finetuned(job.params["models"][wc["model"]], data.num_classes, job.inputs["model"])
     mean, std = normalization(model)
-    rows = evaluate_model(model, data, mean, std, (job.params.get("evaluate") or {}).get("batch_size", 256))
+    rows = evaluate_model(model, data, mean, std, **inference_options(job.params.get("evaluate")))
     write_csv(job.outputs["metrics"], tidy(rows, dataset=wc["dataset"], model=wc["model"], method=wc["method"],
                                            hp=wc["hp"], seed=job.seed, config_hash=job.config_hash))
     return 0

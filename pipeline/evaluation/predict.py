@@ -15,7 +15,7 @@ def eval_splits(data: PreparedDataset) -> list[str]:
 
 
 def evaluate_model(model: nn.Module, data: PreparedDataset, mean, std, batch_size: int = 256,
-                   splits: list[str] | None = None) -> list[dict]:
+                   splits: list[str] | None = None, precision: str = "auto") -> list[dict]:
     """Metric rows (split x domain x metric) of ``model`` on the evaluation splits.
 
     A split stored once under two names (an alias) is predicted once.
@@ -28,7 +28,7 @@ def evaluate_model(model: nn.Module, data: PreparedDataset, mean, std, batch_siz
         stored = data.physical(name)
         logits = cache.get(stored)
         if logits is None:
-            logits = predict_logits(model, data.split(stored).images, mean, std, batch_size)
+            logits = predict_logits(model, data.split(stored).images, mean, std, batch_size, precision)
             if stored in shared:
                 cache[stored] = logits
         rows += split_rows(data, name, logits)

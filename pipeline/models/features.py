@@ -4,7 +4,7 @@ Inputs: ``data/prepared/{dataset}``, ``data/weights/{model}.safetensors``.
 Output: ``results/{dataset}/{model}/features.safetensors`` holding, per split,
 ``<split>/features`` (float32 [N, D]), ``<split>/labels`` and ``<split>/domain``
 (int64 codes into the ``domains`` list stored in the file's metadata).
-Params: ``models.{model}``, ``features.batch_size``. The network runs in eval
+Params: ``models.{model}``, ``features`` (``batch_size``, ``precision``). The network runs in eval
 mode without augmentation, so LP and LP-FT see exactly these features.
 """
 from __future__ import annotations
@@ -19,13 +19,14 @@ import torch
 from pipeline.data.shards import PreparedDataset
 from pipeline.io import progress, save_tensors
 from pipeline.job import parse_job
-from pipeline.models.backbone import model_from_config, normalization
-from pipeline.models.inference import predict_logits
+from pipeline.models.backbone import default_device, model_from_config, normalization
+from pipeline.models.inference import inference_options, predict_logits
 
 log = logging.getLogger(__name__)
 
 
-def extract_features(model, data: PreparedDataset, batch_size: int) -> tuple[dict[str, torch.Tensor], dict]:
+def extract_features(model, data: PreparedDataset, batch_size: int = 256, precision: str = "auto"
+                     ) -> tuple[dict[str, torch.Tensor], dict]:
     """Tensors and metadata of the features file."""
     mean, std = normalization(model)
     domains = sorted(data.metadata["domain"].astype(str).unique())
@@ -33,7 +34,8 @@ def extract_features(model, data: PreparedDataset, batch_size: int) -> tuple[dic
     tensors: dict[str, torch.Tensor] = {}
     for name in progress(data.split_names, desc="features"):
         split = data.split(name)
-        tensors[f"{name}/features"] = predict_logits(model, split.images, mean, std, batch_size).float().contiguous()
+        tensors[f"{name}/features"] = predict_logits(model, split.images, mean, std, batch_size,
+                                                     precision).float().contiguous()
         tensors[f"{name}/labels"] = torch.from_numpy(split.labels)
         tensors[f"{name}/domain"] = torch.from_numpy(
             np.array([code[d] for d in split.metadata["domain"].astype(str)], dtype=np.int64))
@@ -61,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     data = PreparedDataset(job.inputs["data"])
     model = model_from_config(job.params["models"][job.wildcards["model"]], 0, job.inputs["weights"]).eval()
     t0 = time.perf_counter()
-    tensors, meta = extract_features(model, data, (job.params.get("features") or {}).get("batch_size", 256))
+    tensors, meta = extract_features(model.to(default_device()), data, **inference_options(job.params.get("features")))
     n = sum(len(v) for k, v in tensors.items() if k.endswith("/labels"))
     log.info("%d images in %.1fs (%.0f img/s), dim %d", n, time.perf_counter() - t0,
              n / (time.perf_counter() - t0), tensors[f"{data.split_names[0]}/features"].shape[1])

@@ -1,8 +1,9 @@
 """Stage ``paper``: compile ``paper/main.tex`` into ``paper/main.pdf`` with latexmk.
 
 Inputs: ``main`` (``paper/main.tex``), the tables and figures of the ``report`` stage
-(``paper/tables/results.tex``, ``paper/figures/{id_vs_ood,grad_norms,layers}.pdf``) and
-``paper/tables/lpft_theory.tex`` of the ``lpft_theory`` stage.
+(``paper/tables/results.tex``, ``paper/figures/{id_vs_ood,grad_norms,layers}.pdf``),
+``paper/tables/lpft_theory.tex`` of the ``lpft_theory`` stage and ``paper/tables/costs.tex`` of
+the ``costs`` stage (measured costs: the PDF is the same bytes only when they are).
 Output: ``pdf`` (``paper/main.pdf``). Params: none.
 
 latexmk runs with the paper's folder as working directory (so ``\\input{tables/...}``

@@ -9,6 +9,8 @@ Outputs in ``results/{dataset}/{model}/{method}/{hp}/seed{seed}/``:
   ``layers.csv``         per parameter tensor: layer group, frozen, its norm at the start and the
                          distance the chosen weights moved from it, and the optimizer's own
                          per-tensor statistics (SPD: the fraction of steps its projection applied)
+  ``cost.json``          images/s, training seconds, GPU-hours and peak memory: measurements that
+                         vary between runs, read only by the ``costs`` stage (never by results)
 While it runs, a checkpoint under ``checkpoints/{dataset}/{model}/{method}/{hp}/seed{seed}/``
 (every 10 minutes and on SIGTERM/SIGUSR1) lets a preempted or killed job resume where it
 stopped when it is run again; it is removed once the outputs are written.
@@ -40,10 +42,12 @@ from pipeline.methods.assemble import Assembly, assemble, init_head
 from pipeline.methods.registry import layer_columns
 from pipeline.models.backbone import default_device, head_names, model_from_config, normalization, save_state
 from pipeline.models.layers import layer_groups
-from pipeline.stages import CHECKPOINT_DIR
+from pipeline.stages import CHECKPOINT_DIR, LIVE_DIR
 from pipeline.training.checkpoint import Checkpointer
 from pipeline.training.distributed import close, init_distributed
 from pipeline.training.loop import LoopConfig, train
+from pipeline.training.monitor import Monitor
+from pipeline.training.runtime import resolve, set_determinism
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +56,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def layer_table(model: nn.Module, start: dict[str, torch.Tensor], final: dict[str, torch.Tensor],
@@ -78,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     wc = job.wildcards
     settings = resolve_settings(job.params, wc["method"], job.point, wc["dataset"])
     seed_everything(job.seed)
+    set_determinism(settings["deterministic"])
     device = default_device()
     dist = init_distributed(device)   # several ranks under torchrun (settings.gpus > 1)
 
@@ -87,22 +91,25 @@ def main(argv: list[str] | None = None) -> int:
     model.to(device)
     start = {k: v.detach().to("cpu", copy=True) for k, v in model.named_parameters()}
     method = assemble(model, settings, head_names(model), device)
-    facts = method.facts
+    runtime = resolve(settings, device, model)
+    facts = {**method.facts, **runtime.facts()}
     mean, std = normalization(model)
     augment = job.params["datasets"][wc["dataset"]].get("train_augment") or {}
     loop_cfg = LoopConfig(epochs=settings["epochs"], batch_size=settings["batch_size"],
                           warmup_epochs=settings["warmup_epochs"], label_smoothing=settings["label_smoothing"],
                           grad_clip=settings["grad_clip"], bn=settings["bn"], seed=job.seed,
                           crop_scale=tuple(augment.get("crop_scale", (1.0, 1.0))), hflip=augment.get("hflip", False),
-                          name=f"{wc['method']}/{wc['hp']}",
+                          name=f"{wc['method']}/{wc['hp']}", accumulate=settings["accumulate"],
                           checkpoint_seconds=float(os.environ.get("PIPELINE_CHECKPOINT_SECONDS", 600)))
-    log.info("%s/%s on %s: %s, lr %g (effective %s), %d trainable params, %d frozen (%.1f%%: %s)", wc["method"],
-             wc["hp"], device, facts["optimizer"], facts["lr"], facts["effective_lr"], facts["trainable_params"],
+    log.info("%s/%s on %s (%s%s): %s, lr %g (effective %s), %d trainable params, %d frozen (%.1f%%: %s)",
+             wc["method"], wc["hp"], device, runtime.precision, ", channels-last" if runtime.channels_last else "",
+             facts["optimizer"], facts["lr"], facts["effective_lr"], facts["trainable_params"],
              facts["frozen_params"], 100 * facts["frozen_fraction"], ", ".join(facts["frozen_groups"]) or "nothing")
     checkpoint = Checkpointer(CHECKPOINT_DIR.format(**wc), job.config_hash)
     result = train(model, method.optimizer, data.split(data.info.get("train_split", "train")),
                    data.split(data.info.get("val_split", "id_val")), mean, std, loop_cfg, hooks=method.hooks,
-                   checkpoint=checkpoint, dist=dist)
+                   checkpoint=checkpoint, dist=dist, runtime=runtime,
+                   monitor=Monitor(loop_cfg.name, device, dist.world, live_dir=LIVE_DIR.format(**wc)))
     close(dist)
     if not dist.main:
         return 0
@@ -117,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     write_json(job.outputs["run"], {
         **wc, "seed": job.seed, "config_hash": job.config_hash, "settings": settings, **facts,
         "selected_epoch": result.best_epoch, "selected_id_val_acc": result.best_val_acc})
+    write_json(job.outputs["cost"], {**wc, "seed": job.seed, "config_hash": job.config_hash, **result.cost})
     checkpoint.clear()
-    log.info("selected epoch %d (id_val acc %.4f); trained in %.1fs on %s", result.best_epoch, result.best_val_acc,
-             result.seconds, device)
+    log.info("selected epoch %d (id_val acc %.4f); trained in %.1fs on %s (%s img/s)", result.best_epoch,
+             result.best_val_acc, result.seconds, device, result.cost.get("images_per_s"))
     return 0

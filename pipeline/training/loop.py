@@ -1,39 +1,45 @@
 """The one training loop every fine-tuning method runs through.
 
-Straight-line and deliberately plain: shuffled mini-batches from the uint8 train
-shard, tensor augmentation, cross-entropy, an optimizer step, a per-step warmup
-+ cosine schedule, and after every epoch an ID-val evaluation that decides which
-weights are kept (model selection on ID val, never on test or OOD data).
+Straight-line and deliberately plain: shuffled mini-batches of the uint8 train shard, gathered
+ahead in a background thread and augmented on the device, cross-entropy under the run's
+precision, ``accumulate`` micro-batches per optimizer step, the method's hooks, an optimizer
+step, a per-step warmup + cosine schedule, and after every epoch an ID-val evaluation that
+decides which weights are kept (model selection on ID val, never on test or OOD data).
+Nothing in a step waits for the device: the loss stays on it and is read back every
+``check_every`` steps and at each log line.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-import os
-import signal
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from pipeline import compat
+from pipeline.data.augment import Augment
+from pipeline.data.loader import Prefetcher, shuffled_batches
 from pipeline.data.shards import SplitData
-from pipeline.data.tensors import normalize, random_resized_crop
 from pipeline.io import Preempted, progress
 from pipeline.methods.groups import base_lr
 from pipeline.models.inference import predict_logits
 from pipeline.training.checkpoint import Checkpointer
 from pipeline.training.distributed import Dist, wrap
+from pipeline.training.guards import NonFiniteGuard, NonFiniteLossError, StopSignals
+from pipeline.training.monitor import Monitor
+from pipeline.training.runtime import Runtime, prepare
 
 compat.apply()
 from timm.scheduler import CosineLRScheduler  # noqa: E402
 
 log = logging.getLogger(__name__)
+__all__ = ["LoopConfig", "LoopResult", "NonFiniteLossError", "TrainHook", "set_bn_mode", "train"]
 
 
 class TrainHook(Protocol):
@@ -43,14 +49,10 @@ class TrainHook(Protocol):
         """Between the backward pass and clipping: e.g. add a penalty's gradient, as if it were in the loss."""
 
 
-class NonFiniteLossError(FloatingPointError):
-    """Raised when the loss is NaN or inf; the run writes no results."""
-
-
 @dataclass(frozen=True)
 class LoopConfig:
     epochs: int
-    batch_size: int
+    batch_size: int              # the global batch: every rank and micro-batch together
     warmup_epochs: float
     label_smoothing: float
     grad_clip: float
@@ -60,6 +62,11 @@ class LoopConfig:
     hflip: bool = False
     name: str = "finetune"       # method name, used in error messages
     checkpoint_seconds: float = 600.0   # periodic checkpoints (with a Checkpointer), bounding work lost to SIGKILL
+    accumulate: int = 1          # micro-batches per optimizer step
+    check_every: int = 50        # steps between reading the loss back (non-finite check, DDP stop agreement)
+    log_every_s: float = 30.0    # seconds between progress lines in the job's log
+    eval_batch_size: int = 256
+    sync_debug: bool = False     # CUDA: make any host sync inside a step an error (tests, benchmarks)
 
 
 @dataclass
@@ -69,6 +76,7 @@ class LoopResult:
     best_val_acc: float
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    cost: dict = field(default_factory=dict)
 
 
 def set_bn_mode(model: nn.Module, mode: str) -> None:
@@ -84,81 +92,86 @@ def cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
-def accuracy(model: nn.Module, split: SplitData, mean, std) -> float:
-    return float((predict_logits(model, split.images, mean, std).argmax(1).numpy() == split.labels).mean())
+@contextlib.contextmanager
+def no_host_sync(enabled: bool):
+    """With ``enabled`` on CUDA, any device-to-host synchronisation inside raises (torch's sync debug mode)."""
+    if not enabled or not torch.cuda.is_available():
+        yield
+        return
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
 
 
-class StopSignals:
-    """Turns SIGTERM and SIGUSR1 (Slurm's time-limit warning, preemption) into a flag checked between steps.
-
-    ``PIPELINE_SIGNAL_AT_STEP=<step>`` sends this process a real SIGTERM after that
-    global step: fault injection for the resume tests.
-    """
-
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-
-    def __init__(self) -> None:
-        self.received: int | None = None
-        self.inject_at = int(os.environ.get("PIPELINE_SIGNAL_AT_STEP", 0) or 0)
-
-    def __enter__(self) -> StopSignals:
-        self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
-
-    def _handle(self, signum, frame) -> None:
-        self.received = signum
-
-    def after_step(self, step: int) -> bool:
-        if step == self.inject_at:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return self.received is not None
+def micro_batches(n: int, k: int) -> list[slice]:
+    """``k`` equal slices of a rank's ``n`` images (``n`` must split evenly)."""
+    if n % k:
+        raise ValueError(f"accumulate {k} does not split a batch of {n} images per process evenly")
+    per = n // k
+    return [slice(j * per, (j + 1) * per) for j in range(k)]
 
 
 def train(model: nn.Module, optimizer: torch.optim.Optimizer, train_split: SplitData, val_split: SplitData,
-          mean, std, cfg: LoopConfig, hooks: Sequence[TrainHook] = (),
-          checkpoint: Checkpointer | None = None, dist: Dist = Dist()) -> LoopResult:
+          mean, std, cfg: LoopConfig, hooks: Sequence[TrainHook] = (), checkpoint: Checkpointer | None = None,
+          dist: Dist = Dist(), runtime: Runtime | None = None, monitor: Monitor | None = None) -> LoopResult:
     """Train and return the weights with the best ID-val accuracy (epoch 0 = the initial model).
 
     Each of ``hooks`` (the method's regularisers) runs its ``after_backward`` between the
-    backward pass and clipping (e.g. L2-SP adds its gradient, as if it were part of the loss).
-    With a ``checkpoint``, the run resumes from its latest checkpoint, saves one
-    every ``cfg.checkpoint_seconds`` and, on SIGTERM/SIGUSR1, saves one and raises
-    :class:`Preempted`. Under torchrun (``dist``), each rank trains on its slice of
-    every global batch through DDP (:mod:`pipeline.training.distributed`).
+    backward pass (gradients unscaled) and clipping. With a ``checkpoint``, the run resumes
+    from its latest checkpoint, saves one every ``cfg.checkpoint_seconds`` and, on
+    SIGTERM/SIGUSR1, saves one and raises :class:`Preempted`. Under torchrun (``dist``), each
+    rank trains on its slice of every global batch through DDP.
     """
     device = next(model.parameters()).device
-    net, mine = wrap(model, dist), dist.shard(cfg.batch_size)
+    runtime = runtime or Runtime(device)
+    monitor = monitor or Monitor(cfg.name, device, dist.world, cfg.log_every_s)
+    forward = prepare(model, runtime)   # memory format, activation checkpointing
+    net = wrap(forward, dist)
+    if runtime.compile:
+        net = torch.compile(net)
+    mine = dist.shard(cfg.batch_size)
+    parts = micro_batches(mine.stop - mine.start, cfg.accumulate)
+    augment = Augment(tuple(mean), tuple(std), tuple(cfg.crop_scale), cfg.hflip, memory_format=runtime.memory_format)
+    size = tuple(train_split.images.shape[1:3])
     gen = torch.Generator().manual_seed(cfg.seed)
     n = len(train_split)
-    labels = torch.tensor(train_split.labels)
-    steps_per_epoch = max(1, n // cfg.batch_size)   # drop the ragged last batch: equal-size steps
+    if cfg.batch_size > n:
+        raise ValueError(f"{cfg.name}: batch_size {cfg.batch_size} is larger than the training split ({n} images)")
+    steps_per_epoch = n // cfg.batch_size   # drop the ragged last batch: equal-size steps
     total_steps = cfg.epochs * steps_per_epoch
     warmup = min(int(round(cfg.warmup_epochs * steps_per_epoch)), total_steps - 1)
     # Built before a checkpoint is restored: its constructor resets the groups' lr, the restore sets them back.
     sched = CosineLRScheduler(optimizer, t_initial=total_steps - warmup, warmup_t=warmup, warmup_prefix=True,
                               warmup_lr_init=0.0, lr_min=0.0, t_in_epochs=False)
 
-    t0 = time.perf_counter()
+    def accuracy() -> float:
+        logits = predict_logits(model, val_split.images, mean, std, cfg.eval_batch_size, runtime.precision,
+                                runtime.memory_format)
+        return float((logits.argmax(1).numpy() == val_split.labels).mean())
+
     resumed = checkpoint.load(model, optimizer, gen) if checkpoint is not None else None
     if resumed is None:
-        best_acc = accuracy(model, val_split, mean, std)
+        best_acc = accuracy()
         best_state, order = cpu_state(model), None
-        state = {"epoch": 1, "step_in_epoch": 0, "step": 0, "losses": [], "best_acc": best_acc, "best_epoch": 0,
-                 "seconds": 0.0,
+        state = {"epoch": 1, "step_in_epoch": 0, "step": 0, "loss_sum": 0.0, "best_acc": best_acc, "best_epoch": 0,
                  "history": [{"epoch": 0, "step": 0, "lr": 0.0, "train_loss": math.nan, "id_val_acc": best_acc}]}
     else:
         state, best_state, order = resumed["loop"], resumed["best_state"], resumed["order"]
+        if runtime.scaler is not None and "scaler" in state:
+            runtime.scaler.load_state_dict(state["scaler"])
+    guard = NonFiniteGuard(device, cfg.name, steps_per_epoch, state["step"])
+    epoch_loss = torch.tensor(state["loss_sum"], dtype=torch.float64, device=device)   # this epoch's losses, summed
     last_save = time.monotonic()
 
     def save() -> None:
         nonlocal last_save
+        guard.check()   # never checkpoint weights trained through a non-finite loss
         if dist.main:   # ranks hold the same state
+            extra = {"scaler": runtime.scaler.state_dict()} if runtime.scaler is not None else {}
             checkpoint.save(state["step"], model, optimizer, gen, best_state, order,
-                            {**state, "seconds": state["seconds"] + time.perf_counter() - t0})
+                            {**state, "loss_sum": float(epoch_loss), **extra})
         last_save = time.monotonic()
 
     with StopSignals() as stop:
@@ -167,44 +180,69 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, train_split: Split
             set_bn_mode(model, cfg.bn)
             if order is None:
                 order = torch.randperm(n, generator=gen)
-            for i in progress(range(state["step_in_epoch"], steps_per_epoch),
-                              desc=f"{cfg.name} epoch {epoch}/{cfg.epochs}", leave=False):
-                idx = np.sort(order[i * cfg.batch_size:(i + 1) * cfg.batch_size].numpy())  # sorted: fast memmap reads
-                # Augmentation draws from the CPU generator, so a run is the same on any device.
-                x = normalize(random_resized_crop(train_split.images[idx], cfg.crop_scale, gen, cfg.hflip), mean, std)
-                loss = F.cross_entropy(net(x[mine].to(device, non_blocking=True)), labels[idx][mine].to(device),
-                                       label_smoothing=cfg.label_smoothing)
-                if not torch.isfinite(loss):
-                    step = state["step"] + 1
-                    raise NonFiniteLossError(f"{cfg.name}: loss is {loss.item()} at step {step} (epoch {epoch}); "
-                                             "stopping, no results written (lower the learning rate?)")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                for hook in hooks:
-                    hook.after_backward()
-                if cfg.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                optimizer.step()
-                state["step"] += 1
-                state["step_in_epoch"] = i + 1
-                sched.step_update(state["step"])
-                state["losses"].append(loss.item())
-                if checkpoint is not None:
-                    if dist.any(stop.after_step(state["step"])):
+            start = state["step_in_epoch"]
+            # Each rank gathers only its slice of every global batch.
+            index = [rows[mine] for rows in shuffled_batches(order, cfg.batch_size, steps_per_epoch, start)]
+            monitor.start()
+            with Prefetcher(train_split.images, index, train_split.labels, device=device) as batches:
+                steps = progress(range(start, steps_per_epoch), desc=f"{cfg.name} epoch {epoch}/{cfg.epochs}",
+                                 leave=False)
+                for i, batch in zip(steps, batches):
+                    with no_host_sync(cfg.sync_debug):
+                        # Crops are drawn for the whole global batch from the CPU generator: the same on any device.
+                        crops = augment.draw(cfg.batch_size, size, gen)[mine]
+                        optimizer.zero_grad(set_to_none=True)
+                        step_loss = torch.zeros((), device=device)
+                        for j, part in enumerate(parts):
+                            x = augment.apply(batch.images[part], crops[part])   # float32, outside autocast
+                            # DDP averages gradients on the last micro-batch only.
+                            last = dist.world == 1 or j == len(parts) - 1
+                            with contextlib.nullcontext() if last else net.no_sync():
+                                with runtime.autocast():
+                                    logits = net(x)
+                                    loss = F.cross_entropy(logits, batch.labels[part],
+                                                           label_smoothing=cfg.label_smoothing)
+                                runtime.backward(loss / len(parts))
+                            step_loss += loss.detach().float() / len(parts)
+                        runtime.unscale(optimizer)
+                        for hook in hooks:
+                            hook.after_backward()
+                        if cfg.grad_clip > 0:
+                            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                        runtime.step(optimizer)
+                        state["step"] += 1
+                        state["step_in_epoch"] = i + 1
+                        sched.step_update(state["step"])
+                        guard.update(step_loss)
+                        epoch_loss += step_loss
+                        monitor.step(state["step"], cfg.batch_size, step_loss, base_lr(optimizer))
+                    if state["step"] % cfg.check_every == 0:
+                        guard.check()
+                    if checkpoint is None:
+                        continue
+                    # One process: the signal flag costs nothing. DDP: ranks agree every check_every steps.
+                    asked = stop.after_step(state["step"])
+                    agree = dist.world == 1 or state["step"] % cfg.check_every == 0
+                    if agree and dist.any(asked):
                         save()
                         raise Preempted(f"{cfg.name}: signal {stop.received or 'on another rank'} at step "
-                                        f"{state['step']}; checkpoint "
-                                        f"saved in {checkpoint.root}, run the job again to resume")
-                    elif time.monotonic() - last_save >= cfg.checkpoint_seconds:
+                                        f"{state['step']}; checkpoint saved in {checkpoint.root}, run the job "
+                                        "again to resume")
+                    if time.monotonic() - last_save >= cfg.checkpoint_seconds:
                         save()
-            val_acc = accuracy(model, val_split, mean, std)
+            guard.check()
+            train_loss = float(epoch_loss) / steps_per_epoch
+            monitor.flush(state["step"], base_lr(optimizer))
+            val_acc = accuracy()
             state["history"].append({"epoch": epoch, "step": state["step"], "lr": base_lr(optimizer),
-                                     "train_loss": float(np.mean(state["losses"])), "id_val_acc": val_acc})
-            log.info("%s epoch %d: train loss %.4f, id_val acc %.4f", cfg.name, epoch, np.mean(state["losses"]),
-                     val_acc)
+                                     "train_loss": train_loss, "id_val_acc": val_acc})
+            log.info("%s epoch %d: train loss %.4f, id_val acc %.4f", cfg.name, epoch, train_loss, val_acc)
             if val_acc > state["best_acc"]:
                 state["best_acc"], state["best_epoch"], best_state = val_acc, epoch, cpu_state(model)
-            state.update(epoch=epoch + 1, step_in_epoch=0, losses=[])
+            state.update(epoch=epoch + 1, step_in_epoch=0)
+            epoch_loss.zero_()
             order = None
-    seconds = state["seconds"] + time.perf_counter() - t0
-    return LoopResult(best_state, state["best_epoch"], state["best_acc"], state["history"], seconds)
+    monitor.close()
+    return LoopResult(best_state, state["best_epoch"], state["best_acc"], state["history"], monitor.seconds,
+                      monitor.cost())
+
