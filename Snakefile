@@ -35,6 +35,18 @@ def _wanted(wc):
     return not ONLY or wc.get("dataset") in ONLY
 
 
+onstart:
+    # Checks that need torch and timm (pipeline/preflight.py), once, before the first job
+    # (not on dry runs): unknown models, missing weights, image sizes, freeze policies, batch sizes.
+    from pipeline.preflight import check
+
+    try:
+        check(CFG, PARAMS)
+    except ParamsError as err:
+        sys.stderr.write(f"error: {err}\n")
+        sys.exit(2)
+
+
 rule all:
     default_target: True
     input:
@@ -70,6 +82,8 @@ for st in STAGES:
     rule:
         name:
             st.name
+        # Download jobs run where Snakemake runs (the login node), never on compute nodes.
+        localrule: st.local
         input:
             unpack(_inputs(st)),
         output:

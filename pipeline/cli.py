@@ -13,6 +13,7 @@ import logging
 import sys
 
 from pipeline.config import ParamsError, load_params
+from pipeline.download.errors import DownloadError
 from pipeline.io import Preempted
 from pipeline.job import UndeclaredParamError
 from pipeline.stages import STAGES, STAGES_BY_NAME
@@ -25,8 +26,14 @@ def _validate(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m pipeline validate", description="Validate params.yaml.")
     p.add_argument("params", nargs="?", default="params.yaml")
     p.add_argument("--write", metavar="MARKER", help="on success, write this marker file (constant content)")
+    p.add_argument("--deep", action="store_true",
+                   help="also check the models against the data (needs torch and timm: seconds; pipeline.preflight)")
     args = p.parse_args(argv)
-    load_params(args.params)
+    cfg = load_params(args.params)
+    if args.deep:
+        from pipeline.preflight import check
+
+        check(cfg, args.params)
     if args.write:
         from pipeline.io import write_text
 
@@ -57,6 +64,12 @@ def _exps(argv: list[str]) -> int:
     return exps_main(argv)
 
 
+def _fetch(argv: list[str]) -> int:
+    from pipeline.fetch import main as fetch_main
+
+    return fetch_main(argv)
+
+
 def _dvc_commit(argv: list[str]) -> int:
     from pipeline.dvc_commit import main as commit_main
 
@@ -64,7 +77,7 @@ def _dvc_commit(argv: list[str]) -> int:
 
 
 TOOLS = {"validate": _validate, "schema": _schema, "export-dvc": _export_dvc, "dvc-commit": _dvc_commit,
-         "exps": _exps}
+         "exps": _exps, "fetch": _fetch}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         print("tools:\n  validate       check params.yaml\n  schema         print the params.yaml schema\n"
               "  export-dvc     render dvc.yaml from the registry\n"
               "  dvc-commit     record Snakemake's outputs in DVC, keeping their timestamps\n"
-              "  exps           DVC experiments as one params-versus-metrics table")
+              "  exps           DVC experiments as one params-versus-metrics table\n"
+              "  fetch          download every dataset and hub checkpoint a config needs (run where there is network)")
         return 0 if argv else 2
     cmd, rest = argv[0], argv[1:]
     try:
@@ -90,6 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ParamsError, UndeclaredParamError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except DownloadError as e:
+        # Not in place and not fetched: one line naming the dataset, the file and what to do
+        # (stderr is the job's log too).
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
     except Preempted as e:
         # A checkpoint was saved: exit "temporary failure" so that Snakemake's retry or Slurm's requeue resumes it.
         log.warning("%s", e)

@@ -27,9 +27,11 @@ HEADER = """\
 # while parsing the Snakefile, so this stage exists in dvc.yaml only.)
 CHECK_STAGE = "check_params"
 CHECK_MARKER = "results/params.ok"
-# What validation reads: the schema and the keys, defaults and names of the registries.
+# What validation reads: the schema and the keys, defaults and names of the registries, and the
+# checks of the models against the data (pipeline/preflight.py).
 CHECK_CODE = ["pipeline/config/params.schema.yaml", "pipeline/config/load.py", "pipeline/config/schema.py",
-              "pipeline/config/settings.py", "pipeline/methods/registry.py", "pipeline/data/sources/__init__.py"]
+              "pipeline/config/settings.py", "pipeline/methods/registry.py", "pipeline/data/sources/__init__.py",
+              "pipeline/preflight.py"]
 # Metrics and plots are cached like every output, so that `dvc exp show` and `dvc plots diff`
 # read each experiment's values through its dvc.lock (git never tracks generated files).
 METRICS_OUTPUTS = {("report", "metrics")}
@@ -38,7 +40,7 @@ PLOT_OUTPUTS = {("report", "figure_png")}
 
 def render(cfg: dict, params_file: str = DEFAULT_PARAMS) -> str:
     stages: dict[str, dict] = {CHECK_STAGE: {
-        "cmd": f"python -m pipeline validate {params_file} --write {CHECK_MARKER}",
+        "cmd": f"python -m pipeline validate {params_file} --deep --write {CHECK_MARKER}",
         "deps": [params_file, *CHECK_CODE],
         "outs": [{CHECK_MARKER: {"cache": False}}]}}
     produced = {p for st in STAGES for wc in st.jobs(cfg) for p in st.output_paths(wc).values()}

@@ -32,6 +32,12 @@ WILDCARD_PATTERNS = {"dataset": r"[A-Za-z][A-Za-z0-9_]*", "model": r"[A-Za-z][A-
                      "method": r"[A-Za-z][A-Za-z0-9_]*", "hp": r"[A-Za-z][A-Za-z0-9_.+-]*", "seed": r"\d+"}
 
 PREPARED = "data/prepared/{dataset}"
+# The download stage's status: which parts of a dataset lie where under its root (same bytes however they got there).
+DOWNLOAD_STATUS = "data/download/{dataset}.json"
+# The dataset keys the download reads: where and whether to fetch, and which parts a source needs (its OOD
+# sets, its DomainNet domains: pipeline.download.datasets.parts_for).
+DOWNLOAD_KEYS = ("source", "root", "download", "ood", "id_domain", "ood_domains")
+DOWNLOAD_MANIFEST = "pipeline/download/manifest.yaml"
 WEIGHTS = "data/weights/{model}.safetensors"
 FEATURES = "results/{dataset}/{model}/features.safetensors"
 LP_DIR = "results/{dataset}/{model}/lp"
@@ -89,6 +95,9 @@ class Stage:
     # Outputs derived from measurements (the cost table, the paper that includes it). Every output
     # that is neither is the same bytes for the same inputs.
     volatile: frozenset[str] = frozenset()
+    # Run on the host that runs Snakemake, never submitted to a cluster (Snakemake's `localrule`):
+    # downloads need the network, which compute nodes often lack.
+    local: bool = False
 
     def jobs(self, cfg: dict) -> list[dict[str, str]]:
         """Wildcard values of every job, in a stable order."""
@@ -98,7 +107,7 @@ class Stage:
                 out = [{**wc, "hp": hp} for wc in out for hp in hp_names(cfg["methods"][wc["method"]])]
             else:
                 out = [{**wc, w: str(v)} for wc in out for v in cfg["experiment"][WILDCARDS[w]]]
-        return [wc for wc in out if self.select is None or self.select(cfg, wc)]
+        return [wc for wc in out if _paired(cfg, wc) and (self.select is None or self.select(cfg, wc))]
 
     def job_id(self, wc: dict) -> str:
         """``finetune--digits--lite0--spd--lr0p001--seed0``: a valid DVC stage name ('.' becomes 'p')."""
@@ -212,6 +221,14 @@ def _has_key(cfg: dict, dotted: str) -> bool:
         return False
 
 
+def _paired(cfg: dict, wc: dict) -> bool:
+    """A dataset runs with the models it lists (``datasets.<d>.models``), else with every model."""
+    if "dataset" not in wc or "model" not in wc:
+        return True
+    listed = cfg["datasets"][wc["dataset"]].get("models")
+    return listed is None or wc["model"] in listed
+
+
 def all_runs(cfg: dict) -> list[dict[str, str]]:
     return STAGES_BY_NAME["finetune"].jobs(cfg)
 
@@ -253,6 +270,15 @@ def _init_code(cfg: dict, wc: dict) -> list[str]:
     return source_files(INITS[cfg["methods"][wc["method"]]["init"]].module)
 
 
+def _downloads(cfg: dict, wc: dict) -> bool:
+    """The dataset's source reads files that may be fetched (every source but the embedded digits)."""
+    return "download" in SOURCES[cfg["datasets"][wc["dataset"]]["source"]].keys
+
+
+def _manifest_file(cfg: dict, wc: dict) -> list[str]:
+    return [DOWNLOAD_MANIFEST]
+
+
 def report_templates() -> list[str]:
     """The table templates the report renders: every one in paper/templates but the lpft_theory and costs stages'."""
     found = sorted(str(p.relative_to(PACKAGE_ROOT)) for p in (PACKAGE_ROOT / TEMPLATES).glob("*.tex.j2"))
@@ -270,6 +296,11 @@ def _init_inputs(cfg: dict, wc: dict) -> dict:
     """Extra inputs of the run's head initialisation (e.g. LP-FT's linear-probe head)."""
     init = INITS[cfg["methods"][wc["method"]]["init"]]
     return {name: STAGES_BY_NAME[st].outputs[out].format(**wc) for name, (st, out) in init.inputs.items()}
+
+
+def _prepare_inputs(cfg, wc):
+    # The download job's status orders preparation after it (datasets that have one).
+    return {"download": DOWNLOAD_STATUS.format(**wc)} if _downloads(cfg, wc) else {}
 
 
 def _data_and_weights(cfg, wc):
@@ -333,9 +364,14 @@ def _paper_inputs(cfg, wc):
 RUN = ("dataset", "model", "method", "hp", "seed")
 
 STAGES: tuple[Stage, ...] = (
+    Stage("download", "pipeline.download.stage",
+          "Fetch, verify and unpack a dataset's public files into its root, or check they are in place.",
+          ("dataset",), {"status": DOWNLOAD_STATUS}, lambda cfg, wc: {},
+          params=tuple(f"datasets.{{dataset}}.{k}" for k in DOWNLOAD_KEYS), select=_downloads,
+          extra_code=_manifest_file, runtime=600, mem_mb=2000, local=True),
     Stage("prepare_data", "pipeline.data.prepare",
           "Build or decode a dataset once into uint8 shards + metadata.csv.",
-          ("dataset",), {"data": PREPARED}, lambda cfg, wc: {},
+          ("dataset",), {"data": PREPARED}, _prepare_inputs,
           params=tuple(f"datasets.{{dataset}}.{k}" for k in PREPARE_KEYS), directories=frozenset({"data"}),
           extra_code=_source_code, threads=4, runtime=240, mem_mb=8000),
     Stage("backbone", "pipeline.models.weights",

@@ -52,3 +52,14 @@ def run_cli(*args: str, cwd: Path, env: dict | None = None, check: bool = True) 
 
 
 PYTHON = sys.executable
+
+
+@pytest.fixture
+def server(monkeypatch):
+    """A loopback HTTP server (tests/http_server.py), stopped after the test; no proxy for 127.0.0.1."""
+    from http_server import LoopbackServer
+
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    with LoopbackServer() as srv:
+        yield srv

@@ -33,12 +33,23 @@ def test_freeze_embed_sweep_is_the_papers_table():
     assert cfg["experiment"]["datasets"] == ["living17", "waterbirds", "domainnet", "fmow", "camelyon17"]
     assert cfg["models"]["clip_vit_b16"]["timm_name"] == "vit_base_patch16_clip_224.openai"
     runs = STAGES_BY_NAME["finetune"].jobs(cfg)
-    assert len(runs) == 5 * 5 * 4 * 6 * 3
+    assert len(cfg["experiment"]["models"]) == 7   # the paper averages over 7 backbones
+    assert len(runs) == 5 * 7 * 4 * 6 * 3
     assert n_jobs(cfg) > 1000
     # per-dataset epochs of the paper, under the method's own settings
     assert method_settings(cfg, "sgd", "lr0.001", "camelyon17")["epochs"] == 3
     assert method_settings(cfg, "sgd", "lr0.001", "domainnet")["epochs"] == 50
     assert method_settings(cfg, "freeze_embed", "lr0.001", "fmow")["freeze"] == "embed"
+
+
+def test_lpft_config_runs_each_dataset_with_the_papers_backbone():
+    cfg = load_params(REPO / "configs/lpft.yaml")
+    pairs = {(j["dataset"], j["model"]) for j in STAGES_BY_NAME["features"].jobs(cfg)}
+    assert pairs == {("cifar10", "moco_v2_r50"), ("entity30", "moco_v2_r50"), ("living17", "moco_v2_r50"),
+                     ("domainnet", "clip_r50"), ("fmow", "moco_tp_r50"), ("imagenet", "clip_vit_b16")}
+    runs = STAGES_BY_NAME["finetune"].jobs(cfg)
+    assert len(runs) == 6 * 2 * 6 * 3 and {r["model"] for r in runs if r["dataset"] == "fmow"} == {"moco_tp_r50"}
+    assert cfg["models"]["moco_v2_r50"]["weights_prefix"] == "module.encoder_q."
 
 
 def test_another_config_is_passed_to_every_command_and_dvc_param():
@@ -55,11 +66,11 @@ def test_another_config_is_passed_to_every_command_and_dvc_param():
 
 def test_snakemake_runs_a_config_selected_by_one_flag():
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
-    target = "results/cifar10/clip_vit_b16/lp/metrics.csv"
+    target = "results/cifar10/moco_v2_r50/lp/metrics.csv"
     out = run_cli(str(BIN / "snakemake"), "-n", "-p", target, "--config", "params=configs/lpft.yaml",
                   cwd=REPO, env=env).stdout
     assert "python -m pipeline prepare_data --dataset cifar10 --params configs/lpft.yaml" in out
-    assert "python -m pipeline linear_probe --dataset cifar10 --model clip_vit_b16 --params configs/lpft.yaml" in out
+    assert "python -m pipeline linear_probe --dataset cifar10 --model moco_v2_r50 --params configs/lpft.yaml" in out
 
 
 def test_one_datasets_jobs_by_one_more_flag():

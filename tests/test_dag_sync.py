@@ -78,7 +78,7 @@ def test_same_jobs_and_edges(graphs):
 def test_dvc_validates_params_before_every_stage(graphs):
     _, _, (nodes, edges) = graphs
     roots = {b for a, b in edges if a == CHECK_STAGE}
-    assert roots and all(r.startswith(("prepare_data", "backbone", "lpft_theory")) for r in roots)
+    assert roots and all(r.startswith(("download", "prepare_data", "backbone", "lpft_theory")) for r in roots)
     # every other stage is downstream of a root
     downstream = set(roots)
     changed = True

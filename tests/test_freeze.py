@@ -160,8 +160,20 @@ def test_resolve_freeze():
             resolve_freeze(bad)
 
 
+def test_byobnet_stem_layers_and_attention_pool_head():
+    """timm's CLIP ResNet-50 port (ByobNet): each stem conv and norm is a layer, as in the freeze-embed code."""
+    model = timm.create_model("resnet50_clip", pretrained=False, num_classes=3)
+    groups = layer_groups(model)
+    stem = ["conv1.conv", "conv1.bn", "conv2.conv", "conv2.bn", "conv3.conv", "conv3.bn"]
+    assert [g for g, _ in groups[:6]] == stem
+    assert [g for g, _ in groups[-2:]] == ["attnpool", "head"]
+    assert groups[-1][1] == ["head.proj.weight", "head.proj.bias"]
+    report = freeze_bottom(model, 2)
+    assert report.frozen_params == 3 * 3 * 3 * 32 + 2 * 32   # 3x3 conv 3->32 (no bias) + BatchNorm(32)
+
+
 def test_unsupported_class():
-    for model in (nn.Sequential(nn.Linear(2, 2)), timm.create_model("test_byobnet", pretrained=False)):
+    for model in (nn.Sequential(nn.Linear(2, 2)), timm.create_model("mobilenetv3_small_050", pretrained=False)):
         with pytest.raises(ValueError, match=type(model).__name__) as e:
             layer_groups(model)
         assert "VisionTransformer" in str(e.value) and "EfficientNet" in str(e.value)

@@ -192,6 +192,10 @@ def test_dvc_experiment_reruns_the_affected_stages_and_is_tabulated(project):
     (lambda c: c["experiment"]["methods"].append("nope"), "experiment.methods[2]"),
     (lambda c: c["methods"]["lpft"].__setitem__("lr", -1.0), "methods.lpft.lr"),
     (lambda c: c["finetune"].__setitem__("epohcs", 2), "finetune.epohcs"),
+    # caught by the deep check (pipeline/preflight.py) before the first job: Snakemake's onstart, DVC's check_params
+    (lambda c: c["models"]["tiny"].__setitem__("timm_name", "vit_bse_patch16_224"), "models.tiny.timm_name"),
+    (lambda c: c["models"].__setitem__("tiny", {"timm_name": "vit_tiny_patch16_224", "weights": "none"}),
+     "datasets.digits.build.image_size"),
 ])
 def test_malformed_params_run_nothing(tmp_path, edit, key):
     cfg = tiny_params()

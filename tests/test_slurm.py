@@ -188,7 +188,7 @@ def test_slurm_symlink_profile_dry_run(tmp_path):
     out = run_cli(str(BIN / "snakemake"), "--profile", "slurm", "-n", cwd=root, env=env).stdout
     assert snakemake_jobs(out) == Counter({"prepare_data": 1, "backbone": 1, "features": 1, "linear_probe": 1,
                                            "grad_norms": 1, "finetune": 1, "evaluate": 1, "lpft_theory": 1,
-                                           "report": 1, "paper": 1})
+                                           "report": 1, "costs": 1, "paper": 1})
     blocks = {m[1]: m[2] for m in re.finditer(r"^rule (\w+):\n((?:    .*\n)+)", out, re.MULTILINE)}
     res = {rule: re.search(r"resources: (.*)", b)[1] for rule, b in blocks.items()}
     assert "runtime=480" in res["finetune"] and "gpu=1" in res["finetune"]
@@ -282,11 +282,17 @@ def test_tiny_dag_through_slurm(slurm, tmp_path, request):
 
 @pytest.mark.slow
 def test_failing_job_is_reported(slurm, tmp_path, request):
-    """Missing DomainNet data: prepare_data fails on the cluster; Snakemake says so and where the log is."""
+    """A DomainNet copy whose split list names a missing image: the (local) download job finds the
+    layout in place, prepare_data fails on the cluster; Snakemake says so and where the log is."""
     cfg = _one_job_cfg()
-    empty = tmp_path / "empty_raw"
-    empty.mkdir()
-    cfg["datasets"]["broken"] = {"source": "domainnet", "root": str(empty), "image_size": 32}
+    raw = tmp_path / "broken_raw"
+    for domain in ("sketch", "real"):
+        (raw / "domainnet" / domain / "cat").mkdir(parents=True)
+        (raw / "domainnet" / domain / "cat" / "other.jpg").write_bytes(b"")
+        for part in ("train", "test"):
+            (raw / "domainnet" / f"{domain}_{part}.txt").write_text(f"{domain}/cat/missing.jpg 0\n")
+    cfg["datasets"]["broken"] = {"source": "domainnet", "root": str(raw), "image_size": 32, "id_domain": "sketch",
+                                 "ood_domains": ["real"], "download": False}
     cfg["experiment"]["datasets"] = ["digits", "broken"]
     root = _project(tmp_path / "project", cfg)
     t0 = time.monotonic()

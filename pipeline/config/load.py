@@ -80,6 +80,9 @@ def validate(cfg: Any, source: str = DEFAULT_PARAMS) -> dict:
                                   f"(defined under {section}: {', '.join(sorted(cfg[section]))})")
     for name, ds in cfg["datasets"].items():
         _check_dataset(name, ds, source)
+        for i, model in enumerate(ds.get("models") or []):
+            if model not in exp["models"]:
+                raise ParamsError(f"{source}: datasets.{name}.models[{i}]: {model!r} is not in experiment.models")
     lp = cfg["linear_probe"]
     if lp["C_min"] > lp["C_max"]:
         raise ParamsError(f"{source}: linear_probe.C_min: {lp['C_min']} is larger than C_max {lp['C_max']}")
@@ -147,9 +150,13 @@ def setting_key(cfg: dict, dataset: str, method: str, key: str) -> str:
 
 
 def _check_batches(cfg: dict, dataset: str, method: str, source: str) -> None:
-    """The global batch must split evenly over the GPUs and then over the micro-batches."""
+    """The global batch must split evenly over the GPUs and then over the micro-batches; warm-up must end."""
     for point in grid_points(cfg["methods"][method]):
         s = resolve_settings(cfg, method, point, dataset)
+        if s["warmup_epochs"] >= s["epochs"]:
+            raise ParamsError(f"{source}: {setting_key(cfg, dataset, method, 'warmup_epochs')}: {s['warmup_epochs']} "
+                              f"is not shorter than training ({s['epochs']} epochs; method {method}, dataset "
+                              f"{dataset}): the learning rate would never leave the warm-up")
         if s["batch_size"] % (s["gpus"] * s["accumulate"]):
             raise ParamsError(f"{source}: {setting_key(cfg, dataset, method, 'batch_size')}: {s['batch_size']} does "
                               f"not split into gpus x accumulate = {s['gpus']} x {s['accumulate']} equal "

@@ -105,11 +105,19 @@ def _meta(labels: np.ndarray, domain: str, sources: np.ndarray) -> pd.DataFrame:
 
 
 def build_digits_task(image_size: int, train_per_class: int, val_per_class: int, test_per_class: int,
-                      ood_per_class: int, seed: int) -> tuple[dict[str, tuple[np.ndarray, pd.DataFrame]], dict]:
-    """All splits of the digits task as {split: (uint8 [N,S,S,3], metadata)} plus info."""
+                      ood_per_class: int, seed: int, classes: int = 10
+                      ) -> tuple[dict[str, tuple[np.ndarray, pd.DataFrame]], dict]:
+    """All splits of the digits task as {split: (uint8 [N,S,S,3], metadata)} plus info.
+
+    ``classes < 10`` keeps the digits 0..classes-1: a smaller task, e.g. for tests of real-size
+    backbones at 224 px.
+    """
     rng = np.random.default_rng(seed)
     mnist_x, mnist_y = load_mnist_5k()
     sk_x, sk_y = load_sklearn_digits()
+    if classes < len(CLASSES):
+        mnist_x, mnist_y = mnist_x[mnist_y < classes], mnist_y[mnist_y < classes]
+        sk_x, sk_y = sk_x[sk_y < classes], sk_y[sk_y < classes]
     parts = _per_class_split(mnist_y, {"train": train_per_class, "id_val": val_per_class,
                                        "id_test": test_per_class, "mnist_m": ood_per_class}, rng)
     mnist_rgb = resize_gray_to_rgb(mnist_x, image_size)
@@ -127,7 +135,7 @@ def build_digits_task(image_size: int, train_per_class: int, val_per_class: int,
                           _meta(sk_y[sk], "sklearn_digits", sk)], ignore_index=True)
         splits[split] = (images, meta)
 
-    info = {"name": "digits", "classes": CLASSES, "image_size": image_size,
+    info = {"name": "digits", "classes": CLASSES[:classes], "image_size": image_size,
             "id_splits": ["train", "id_val", "id_test"], "ood_splits": ["ood_val", "ood_test"],
             "train_split": "train", "val_split": "id_val", "ood_domains": ["mnist_m", "sklearn_digits"]}
     return splits, info

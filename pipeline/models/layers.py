@@ -11,6 +11,9 @@ the timm families we use, chosen so that ``k=2`` matches the reference code
   stay trainable.
 * ConvNeXt: stem + stages[0]; ResNet / ResNetV2 (BiT): stem + first stage;
   EfficientNet: stem + blocks[0].
+* OpenCLIP image towers (:class:`pipeline.models.openclip.OpenCLIPClassifier`): ViT = ``conv1``
+  + ``ln_pre``, CLIP's own embedding in the paper's code; ModifiedResNet (CLIP RN50...) =
+  ``conv1`` + ``bn1``, the reference code's first two layers of that model.
 """
 from __future__ import annotations
 
@@ -69,6 +72,54 @@ def _efficientnet_spec(model: nn.Module) -> Spec:
     return spec + [("conv_head", ["conv_head", "bn2"]), ("classifier", ["classifier"])]
 
 
+def _openclip_vit_spec(model: nn.Module) -> Spec:
+    # The reference code lists conv1, ln_pre, the blocks and ln_post (no tokens, no proj); as
+    # for timm ViTs the class/positional embeddings form a "tokens" group at index 2, and
+    # proj (and an attention pool, where a config has one) joins ln_post before the head.
+    v = "visual."
+    spec: Spec = [("conv1", [v + "conv1"]), ("ln_pre", [v + "ln_pre"]),
+                  ("tokens", [v + "class_embedding", v + "positional_embedding"])]
+    blocks = len(model.visual.transformer.resblocks)
+    spec += [(f"resblocks.{i}", [f"{v}transformer.resblocks.{i}"]) for i in range(blocks)]
+    spec += [("ln_post", [v + "ln_post", v + "proj", v + "attn_pool", v + "attn_pool_contrastive"]), ("head", ["head"])]
+    return spec
+
+
+def _openclip_resnet_spec(model: nn.Module) -> Spec:
+    # CLIP's ModifiedResNet has a three-conv stem; the reference code lists each conv and BN
+    # as a layer, so k=2 freezes conv1 + bn1 (its list repeats layer3 and omits layer4: a bug
+    # not copied here).
+    v = "visual."
+    spec: Spec = [(name, [v + name]) for name in ("conv1", "bn1", "conv2", "bn2", "conv3", "bn3")]
+    spec += [(f"layer{i}", [f"{v}layer{i}"]) for i in range(1, 5)]
+    return spec + [("attnpool", [v + "attnpool"]), ("head", ["head"])]
+
+
+def _byobnet_spec(model: nn.Module) -> Spec:
+    # timm's ByobNet, e.g. the CLIP ResNet-50 port (resnet50_clip): as for OpenCLIP's ModifiedResNet,
+    # each conv and norm of the stem is a layer (k=2: its first conv and norm), then the stages; an
+    # attention-pool head is split into the pool and its projection (the classifier).
+    stem = list(dict.fromkeys(n.rsplit(".", 1)[0] for n, _ in model.named_parameters() if n.startswith("stem.")))
+    spec: Spec = [(name.removeprefix("stem."), [name]) for name in stem]
+    spec += [(f"stages.{i}", [f"stages.{i}"]) for i in range(_n_children(model, "stages"))]
+    spec += [("final_conv", ["final_conv"])]
+    if hasattr(model.head, "proj"):   # attention pool: pos_embed, q, k, v, then the projection
+        pool = [f"head.{n}" for n, _ in model.head.named_children() if n != "proj"] + ["head.pos_embed"]
+        return spec + [("attnpool", pool), ("head", ["head.proj"])]
+    return spec + [("head", ["head"])]
+
+
+_OPENCLIP_TOWERS = {"VisionTransformer": _openclip_vit_spec, "ModifiedResNet": _openclip_resnet_spec}
+
+
+def _openclip_spec(model: nn.Module) -> Spec:
+    tower = type(model.visual).__name__
+    if tower not in _OPENCLIP_TOWERS:
+        raise ValueError(f"layer_groups: unsupported OpenCLIP image tower {tower!r}; "
+                         f"supported: {', '.join(sorted(_OPENCLIP_TOWERS))}")
+    return _OPENCLIP_TOWERS[tower](model)
+
+
 # Exact class names (not isinstance): a subclass may add modules the spec does not know,
 # which the exhaustiveness check would catch anyway, but an explicit list is clearer.
 _FAMILIES = {
@@ -77,6 +128,8 @@ _FAMILIES = {
     "ResNet": _resnet_spec,
     "ResNetV2": _resnetv2_spec,
     "EfficientNet": _efficientnet_spec,
+    "OpenCLIPClassifier": _openclip_spec,
+    "ByobNet": _byobnet_spec,
 }
 
 
@@ -94,7 +147,7 @@ def layer_groups(model: nn.Module) -> list[tuple[str, list[str]]]:
     cls = type(model).__name__
     if cls not in _FAMILIES:
         raise ValueError(f"layer_groups: unsupported model class {cls!r}; "
-                         f"supported timm families: {', '.join(sorted(_FAMILIES))}")
+                         f"supported families: {', '.join(sorted(_FAMILIES))}")
     spec = _FAMILIES[cls](model)
     names = [n for n, _ in model.named_parameters()]
     groups = [(g, [n for n in names if any(_owned_by(n, p) for p in prefixes)]) for g, prefixes in spec]

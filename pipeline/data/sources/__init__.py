@@ -18,15 +18,17 @@ class SourceSpec:
     data_files: tuple[str, ...] = ()   # data shipped in the repo that preparation reads
 
 
-_IMAGE = ("root", "image_size")
+# Every source but digits reads files under `root`; `download` (the download stage, not preparation)
+# says whether they may be fetched there.
+_IMAGE = ("root", "image_size", "download")
 _HOLDOUT = ("id_val_fraction", "seed")
 SOURCES: dict[str, SourceSpec] = {
     "digits": SourceSpec("pipeline.data.digits", ("build",),
                          "embedded default: MNIST -> MNIST-M-style and scikit-learn digits"),
-    "waterbirds": SourceSpec("pipeline.data.sources.wilds", _IMAGE + ("download",), "WILDS Waterbirds v1.0"),
-    "camelyon17": SourceSpec("pipeline.data.sources.wilds", _IMAGE + ("download",), "WILDS Camelyon17 v1.0"),
-    "fmow": SourceSpec("pipeline.data.sources.wilds", _IMAGE + ("download",), "WILDS FMoW v1.1"),
-    "iwildcam": SourceSpec("pipeline.data.sources.wilds", _IMAGE + ("download",), "WILDS iWildCam v2.0"),
+    "waterbirds": SourceSpec("pipeline.data.sources.wilds", _IMAGE, "WILDS Waterbirds v1.0"),
+    "camelyon17": SourceSpec("pipeline.data.sources.wilds", _IMAGE, "WILDS Camelyon17 v1.0"),
+    "fmow": SourceSpec("pipeline.data.sources.wilds", _IMAGE, "WILDS FMoW v1.1"),
+    "iwildcam": SourceSpec("pipeline.data.sources.wilds", _IMAGE, "WILDS iWildCam v2.0"),
     "domainnet": SourceSpec("pipeline.data.sources.domainnet",
                             _IMAGE + _HOLDOUT + ("id_domain", "ood_domains", "classes", "ood_val_fraction"),
                             "DomainNet, official per-domain split files"),
@@ -42,7 +44,8 @@ SOURCES: dict[str, SourceSpec] = {
                            ("pipeline/data/breeds/entity30.json",)),
 }
 # Keys any dataset may set; read by fine-tuning (augmentation, training defaults), not by preparation.
-COMMON_KEYS = ("source", "train_augment", "finetune")
-PREPARE_KEYS = tuple(sorted({k for s in SOURCES.values() for k in s.keys} | {"source"}))
+COMMON_KEYS = ("source", "train_augment", "finetune", "models")
+# What prepare_data reads: every source key but `download` (the download stage's alone).
+PREPARE_KEYS = tuple(sorted({k for s in SOURCES.values() for k in s.keys} - {"download"} | {"source"}))
 DEFAULT_ROOT = "data/raw"
 DEFAULT_IMAGE_SIZE = 224

@@ -1,6 +1,6 @@
 """What every real dataset source provides: a manifest of its images, checked against its layout.
 
-A source reads a dataset the user placed on disk (never downloads it unless asked)
+A source reads a dataset already on disk (placed by hand or by the ``download`` stage; it never downloads)
 and lists every image once, as a :class:`Manifest`: one row per image with its
 split, label, domain, group and where it lives. :mod:`pipeline.data.decode` turns
 that list into the prepared uint8 shards, so a source never decodes images itself.

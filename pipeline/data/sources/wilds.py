@@ -22,13 +22,12 @@ Split mapping (WILDS -> ours), domain and group per dataset:
   domain = ``iwildcam`` (hundreds of camera locations are too many to report
   one by one), group = ``location_<k>``; classes are WILDS' label ids.
 
-Optional keys: ``root`` (default ``data/raw``, holding ``<name>_v<version>/``),
-``image_size`` and ``download`` (default false: never touch the network unless
-asked; with true the wilds package fetches a missing dataset into ``root``).
+Optional keys: ``root`` (default ``data/raw``, holding ``<name>_v<version>/``) and
+``image_size``. Preparation never downloads: the ``download`` stage
+(:mod:`pipeline.download`) puts the archive in place first.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,9 +38,10 @@ import pandas as pd
 from pipeline.data.sources import DEFAULT_ROOT
 from pipeline.data.sources.base import SPLITS, Manifest, MissingDataError, require
 
-ORIGIN = ("WILDS (Koh et al., ICML 2021), https://wilds.stanford.edu/datasets: `pip install wilds`, then either "
-          "set `download: true` for this dataset in params.yaml (needs network; fetched into root) or download "
-          "the archive from https://wilds.stanford.edu/downloads and extract it under root")
+ORIGIN = ("WILDS (Koh et al., ICML 2021), https://wilds.stanford.edu/datasets: run `python -m pipeline fetch "
+          "--params <file>` where there is network (the download stage fetches it into root unless the dataset says "
+          "`download: false`), or download the archive from https://wilds.stanford.edu/downloads and extract it "
+          "under root")
 WATERBIRDS = (["landbird", "waterbird"], ["land", "water"])
 CAMELYON_CLASSES = ["normal", "tumor"]
 
@@ -126,15 +126,15 @@ def check_layout(name: str, source: str, root: Path) -> Path:
     return data_dir
 
 
-def load_dataset(source: str, root: Path, download: bool = False):
-    """The real WILDS dataset object (torch_scatter replaced by the pure-torch compat patch)."""
+def load_dataset(source: str, root: Path):
+    """The real WILDS dataset object (torch_scatter replaced by the pure-torch compat patch); never downloads."""
     from pipeline import compat
 
     compat.apply()
     compat.patch_wilds()
     import wilds
 
-    return wilds.get_dataset(dataset=source, version=SPECS[source].version, root_dir=str(root), download=download)
+    return wilds.get_dataset(dataset=source, version=SPECS[source].version, root_dir=str(root), download=False)
 
 
 def _paths(data_dir: Path, names) -> list[str]:
@@ -175,9 +175,6 @@ def manifest(name: str, cfg: dict) -> Manifest:
     source = cfg["source"]
     spec = SPECS[source]
     root = Path(cfg.get("root", DEFAULT_ROOT))
-    if cfg.get("download", False):  # wilds fetches what root lacks; whatever is still missing is named below
-        with contextlib.suppress(FileNotFoundError):
-            load_dataset(source, root, download=True)
     data_dir = check_layout(name, source, root)  # before wilds, which would create root and raise less clearly
     ds = load_dataset(source, root)
     frame, classes = _rows(source, ds)

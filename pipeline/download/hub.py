@@ -1,0 +1,96 @@
+"""Fetch the pretrained checkpoint of a timm model (``weights: hub``) into a local file.
+
+Where timm would download at model creation (``pretrained=True``), this fetches the same file
+ahead of time, on a machine with network (a login node), into ``data/hub/<timm_name>.safetensors``,
+a timm-layout state dict the backbone stage can read offline like any checkpoint path.
+
+It follows timm's own resolution: the model's pretrained config (``timm.models.get_pretrained_cfg``)
+names a Hugging Face repo (``hf_hub_id``, optionally ``@revision``) and file; without a custom
+``hf_hub_filename`` timm prefers ``model.safetensors`` over ``pytorch_model.bin``. The download
+itself is ``huggingface_hub.hf_hub_download`` (its cache, resume and ``HF_ENDPOINT`` /
+``HF_HUB_OFFLINE`` / ``HF_HOME`` settings apply). A ``model.safetensors`` of a timm repo is
+already in timm's layout and is copied; any other file is loaded through timm (its checkpoint
+filters remap it) and saved as safetensors. The SHA-256 of the downloaded file is pinned in the
+checksum lock file under ``hub/<timm_name>`` like any unpublished checksum.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+from pipeline.download.errors import DownloadError
+from pipeline.download.manifest import Expected
+from pipeline.download.paths import DEFAULT_HUB_DIR, hub_checkpoint_path
+from pipeline.download.verify import DEFAULT_LOCK, ChecksumLock, file_digest, verify
+from pipeline.io import atomic_path
+
+_TIMM_FILES = ("model.safetensors", "pytorch_model.bin")   # timm's order when the config names no file
+
+
+def fetch_hub_checkpoint(timm_name: str, out_dir: str | Path = DEFAULT_HUB_DIR, *,
+                         lock: str | Path | None = DEFAULT_LOCK, log: logging.Logger | None = None,
+                         endpoint: str | None = None, cache_dir: str | Path | None = None) -> Path:
+    """The local checkpoint of ``timm_name``, downloaded unless it is already there (then no network).
+
+    ``endpoint``: a Hub endpoint other than ``HF_ENDPOINT``'s. Raises :class:`DownloadError` (one
+    line) when timm has no hub weights for the name, the Hub cannot be reached (or
+    ``HF_HUB_OFFLINE=1`` and nothing is cached), or the file differs from the lock file's entry.
+    """
+    log = log or logging.getLogger("pipeline.download")
+    dest = hub_checkpoint_path(timm_name, out_dir)
+    if dest.is_file():
+        log.info("%s: checkpoint in place at %s", timm_name, dest)
+        return dest
+    from pipeline import compat
+
+    compat.apply()   # before timm: the CPU torchvision shim
+    import timm
+    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub.errors import RemoteEntryNotFoundError
+
+    cfg = timm.models.get_pretrained_cfg(timm_name)
+    if cfg is None or not cfg.hf_hub_id:
+        raise DownloadError(f"{timm_name}: timm {timm.__version__} names no Hugging Face checkpoint for it "
+                            "(no pretrained_cfg.hf_hub_id); set models.<model>.weights to a checkpoint file instead")
+    repo, _, revision = cfg.hf_hub_id.partition("@")
+    filenames = (cfg.hf_hub_filename,) if cfg.hf_hub_filename else _TIMM_FILES
+    base = (endpoint or constants.ENDPOINT).rstrip("/")
+    path = filename = None
+    for filename in filenames:
+        try:
+            path = Path(hf_hub_download(repo, filename, revision=revision or None, endpoint=endpoint,
+                                        cache_dir=cache_dir))
+            break
+        except RemoteEntryNotFoundError:
+            continue   # timm's fallback: the next file name
+        except Exception as e:   # HTTP, connection, offline mode: all mean "not fetched"; say why in one line
+            offline = " (HF_HUB_OFFLINE=1 is set: use HF_HUB_OFFLINE=0 where there is network)" \
+                if constants.HF_HUB_OFFLINE else ""
+            raise DownloadError(f"{timm_name}: cannot fetch {filename} of {repo} from {base}{offline}: "
+                                f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}; run the fetch on "
+                                "a machine with network (a login node), or set weights: to a checkpoint file") from None
+    if path is None:
+        raise DownloadError(f"{timm_name}: {repo} on {base} has none of {list(filenames)}")
+    url = f"{base}/{repo}/resolve/{revision or 'main'}/{filename}"
+    verify(timm_name, f"hub/{timm_name}", url, file_digest(path), Expected(None, None, None, None),
+           ChecksumLock(lock) if lock is not None else None)
+    if filename == "model.safetensors":
+        with atomic_path(dest) as tmp:
+            shutil.copyfile(path, tmp)
+    else:
+        _save_in_timm_layout(timm_name, path, dest)
+    log.info("%s: checkpoint %s/%s saved to %s", timm_name, repo, filename, dest)
+    return dest
+
+
+def _save_in_timm_layout(timm_name: str, path: Path, dest: Path) -> None:
+    """Load ``path`` as timm would (its checkpoint filter remaps foreign layouts) and save the state dict."""
+    import timm
+    from safetensors.torch import save_file
+
+    model = timm.create_model(timm_name, pretrained=True,
+                              pretrained_cfg_overlay={"file": str(path), "source": ""})
+    state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(dest) as tmp:
+        save_file(state, str(tmp), metadata={"timm_name": timm_name, "source": "hub"})

@@ -1,0 +1,135 @@
+"""Checks that need the model libraries, run once before any job: ``python -m pipeline validate --deep``.
+
+The schema and the cross-key checks (:mod:`pipeline.config`) run whenever params.yaml is read,
+including every Snakefile parse, so they import no torch. These need torch and timm (a few
+seconds), so they run once per workflow: in the Snakefile's ``onstart`` (before the first job,
+not on dry runs) and in DVC's ``check_params`` stage (upstream of every stage). Each failure is
+one line naming the key:
+
+* every model's ``timm_name`` is a timm model (close names suggested);
+* a ``weights`` file exists, packaged weights' package is installed;
+* every dataset's prepared image size goes through every model: a forward pass on the meta
+  device (no memory, no arithmetic), so fixed-size models (ViTs) are caught with the fix to apply;
+* a freeze policy (and the embedding lr) matches layer groups of every model's family;
+* a run's batch size fits its training split, where the split's size is known before any job
+  (the digits task, from its build settings; any dataset already prepared). Otherwise the
+  fine-tune checks it when it starts, in one line.
+"""
+from __future__ import annotations
+
+import difflib
+import json
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import torch
+
+from pipeline import compat
+from pipeline.config import ParamsError
+from pipeline.config.load import setting_key
+from pipeline.config.settings import grid_points, resolve_settings
+from pipeline.data.prepare import image_size, known_train_size
+from pipeline.models.backbone import PACKAGED_WEIGHTS, model_kwargs
+from pipeline.models.layers import FREEZE_ALIASES, layer_groups, resolve_freeze
+
+compat.apply()
+import timm  # noqa: E402
+
+PREPARED = "data/prepared/{dataset}"
+
+
+def check(cfg: Mapping, source: str = "params.yaml") -> None:
+    """Raise :class:`ParamsError` (one line) on the first problem of the experiment's models and runs."""
+    exp = cfg["experiment"]
+    for name in exp["models"]:
+        _check_model_entry(name, cfg["models"][name], source)
+    with torch.device("meta"):   # shapes only: no memory, no arithmetic
+        models = {name: _meta_model(name, cfg["models"][name], source) for name in exp["models"]}
+        for dataset in exp["datasets"]:
+            size = image_size(cfg["datasets"][dataset])
+            for name, model in models.items():
+                _check_input_size(model, size, cfg, dataset, name, source)
+    for method in exp["methods"]:
+        for name, model in models.items():
+            _check_freeze(model, cfg, method, name, source)
+    for dataset in exp["datasets"]:
+        n = _train_size(cfg, dataset)
+        if n is None:
+            continue
+        for method, s in _runs(cfg, dataset):
+            if s["batch_size"] > n:
+                raise ParamsError(f"{source}: {setting_key(cfg, dataset, method, 'batch_size')}: {s['batch_size']} is "
+                                  f"larger than the training split of {dataset} ({n} images; method {method})")
+
+
+def _check_model_entry(name: str, entry: Mapping, source: str) -> None:
+    key = f"models.{name}"
+    arch = entry["timm_name"]
+    if not timm.is_model(arch):
+        close = difflib.get_close_matches(arch.split(".")[0], timm.list_models(), n=3)
+        hint = f"; close names: {', '.join(close)}" if close else ""
+        raise ParamsError(f"{source}: {key}.timm_name: unknown timm model {arch!r}{hint}")
+    weights = entry["weights"]
+    if weights.startswith("packaged:"):
+        packaged = weights.split(":", 1)[1]
+        if packaged not in PACKAGED_WEIGHTS:
+            raise ParamsError(f"{source}: {key}.weights: unknown packaged weights {packaged!r} "
+                              f"(known: {', '.join(sorted(PACKAGED_WEIGHTS))})")
+    elif weights == "hub":
+        if "." in arch and arch not in timm.list_pretrained():
+            raise ParamsError(f"{source}: {key}.weights: timm has no pretrained weights {arch!r}")
+    elif weights != "none" and not Path(weights).is_file():
+        raise ParamsError(f"{source}: {key}.weights: file not found: {weights} (place the checkpoint there; the "
+                          f"entry's comment in the config says where it comes from)")
+
+
+def _meta_model(name: str, entry: Mapping, source: str) -> torch.nn.Module:
+    try:
+        return timm.create_model(entry["timm_name"], pretrained=False, num_classes=10, **model_kwargs(entry))
+    except (TypeError, ValueError, RuntimeError, AssertionError) as e:
+        raise ParamsError(f"{source}: models.{name}.model_kwargs: {entry['timm_name']} rejects them: "
+                          f"{str(e).splitlines()[0]}") from None
+
+
+def _check_input_size(model: torch.nn.Module, size: int, cfg: Mapping, dataset: str, name: str, source: str) -> None:
+    try:
+        model(torch.empty(2, 3, size, size))
+    except (AssertionError, RuntimeError, ValueError) as e:
+        ds = cfg["datasets"][dataset]
+        key = f"datasets.{dataset}.{'build.image_size' if ds['source'] == 'digits' else 'image_size'}"
+        want = model.pretrained_cfg.get("input_size", (3, size, size))[-1]
+        raise ParamsError(f"{source}: {key}: {size} px images do not fit models.{name} "
+                          f"({cfg['models'][name]['timm_name']}: {str(e).splitlines()[0]}); prepare them at {want} "
+                          f"px, or set models.{name}.model_kwargs: {{img_size: {size}}} (position embeddings "
+                          f"resampled) or {{dynamic_img_size: true}}") from None
+
+
+def _check_freeze(model: torch.nn.Module, cfg: Mapping, method: str, name: str, source: str) -> None:
+    for point in grid_points(cfg["methods"][method]):
+        s = resolve_settings(cfg, method, point)
+        k = resolve_freeze(s["freeze"])
+        needs = max(k, FREEZE_ALIASES["embed"] if float(s["embed_lr_multiplier"]) != 1.0 else 0)
+        if not needs:
+            continue
+        key = f"methods.{method}.{'freeze' if k else 'embed_lr_multiplier'}"
+        try:
+            groups = layer_groups(model)
+        except ValueError as e:
+            raise ParamsError(f"{source}: {key}: matches no layers of models.{name}: {e}") from None
+        if needs > len(groups) - 1:
+            raise ParamsError(f"{source}: {key}: {needs} layer groups asked, but models.{name} "
+                              f"({type(model).__name__}) has {len(groups)} and its head stays trainable")
+
+
+def _train_size(cfg: Mapping, dataset: str) -> int | None:
+    info = Path(PREPARED.format(dataset=dataset)) / "info.json"
+    if info.is_file():
+        splits = json.loads(info.read_text())
+        return int(splits["splits"].get(splits.get("train_split", "train"), 0))
+    return known_train_size(cfg["datasets"][dataset])
+
+
+def _runs(cfg: Mapping, dataset: str) -> Iterator[tuple[str, dict]]:
+    for method in cfg["experiment"]["methods"]:
+        for point in grid_points(cfg["methods"][method]):
+            yield method, resolve_settings(cfg, method, point, dataset)

@@ -1,0 +1,113 @@
+"""``weights: hub`` checkpoints fetched ahead of time, with huggingface_hub pointed at a loopback server.
+
+The server answers the Hub's ``/<repo>/resolve/<revision>/<file>`` requests the way
+``hf_hub_download`` needs (``X-Repo-Commit``, ``ETag``, ``Content-Length``) with a random
+``test_vit`` state dict; the fetch runs in its own process so that ``HF_ENDPOINT`` and
+``HF_HUB_OFFLINE=0`` apply to that process only (huggingface_hub reads them at import).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from download_helpers import sha256
+from http_server import LoopbackServer
+from safetensors.torch import load_file, save
+
+REPO = Path(__file__).resolve().parent.parent
+FETCH = ("import sys; from pipeline.download.hub import fetch_hub_checkpoint; "
+         "print(fetch_hub_checkpoint(sys.argv[1], sys.argv[2], lock=sys.argv[3]))")
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def hub_env(tmp_path: Path, endpoint: str) -> dict[str, str]:
+    return {**os.environ, "HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "0", "HF_HOME": str(tmp_path / "hf"),
+            "HF_HUB_DISABLE_TELEMETRY": "1", "no_proxy": "127.0.0.1,localhost", "NO_PROXY": "127.0.0.1,localhost",
+            "PYTHONPATH": str(REPO)}
+
+
+def test_hub_checkpoint_is_fetched_into_a_local_file(tmp_path: Path) -> None:
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg("test_vit")
+    state = {k: torch.randn_like(v) for k, v in timm.create_model("test_vit").state_dict().items()}
+    data = save(state)
+    out, lock = tmp_path / "data/hub", tmp_path / "data/checksums.lock"
+    with LoopbackServer() as server:
+        path = f"/{cfg.hf_hub_id}/resolve/main/model.safetensors"
+        server.add(path, data, headers={"X-Repo-Commit": COMMIT, "ETag": f'"{sha256(data)}"'})
+        done = subprocess.run([sys.executable, "-c", FETCH, "test_vit", str(out), str(lock)], cwd=tmp_path,
+                              env=hub_env(tmp_path, server.url("")), capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert {r.path for r in server.requests} == {path} and server.hits(path) >= 1
+        assert any(r.method == "GET" for r in server.requests)
+
+        local = out / "test_vit.safetensors"
+        assert done.stdout.strip().endswith(str(local))
+        loaded = load_file(local)
+        assert loaded.keys() == state.keys() and all(torch.equal(loaded[k], state[k]) for k in state)
+        entry = json.loads(lock.read_text())["hub/test_vit"]
+        assert entry["sha256"] == sha256(data) and entry["url"].endswith(path)
+        # The pipeline builds the model from the local file, offline, as from any checkpoint path.
+        model = timm.create_model("test_vit", pretrained=True, pretrained_cfg_overlay={"file": str(local)})
+        assert torch.equal(model.state_dict()["pos_embed"], state["pos_embed"])
+
+        # In place: no request at all (the file is there; huggingface_hub is not even imported).
+        server.reset()
+        again = subprocess.run([sys.executable, "-c", FETCH, "test_vit", str(out), str(lock)], cwd=tmp_path,
+                               env=hub_env(tmp_path, server.url("")), capture_output=True, text=True, timeout=300)
+        assert again.returncode == 0 and server.requests == []
+
+
+def test_hub_unreachable_is_one_line(tmp_path: Path) -> None:
+    from pipeline.download.errors import DownloadError
+
+    with LoopbackServer() as server:   # answers 404 for every path: no such repo here
+        done = subprocess.run([sys.executable, "-c", FETCH, "test_vit", str(tmp_path / "hub"),
+                               str(tmp_path / "lock")], cwd=tmp_path, env=hub_env(tmp_path, server.url("")),
+                              capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and not (tmp_path / "hub").exists()
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"{DownloadError.__module__}.DownloadError: test_vit: cannot fetch model.safetensors")
+    assert "login node" in last
+
+
+def test_hub_falls_back_to_the_pytorch_file_and_saves_timm_layout(tmp_path: Path) -> None:
+    """No model.safetensors in the repo: timm's fallback file, loaded through timm, saved as safetensors."""
+    import io
+
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg("test_vit")
+    state = {k: torch.randn_like(v) for k, v in timm.create_model("test_vit").state_dict().items()}
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    data = buf.getvalue()
+    out = tmp_path / "hub"
+    with LoopbackServer() as server:
+        base = f"/{cfg.hf_hub_id}/resolve/main"
+        server.add(f"{base}/model.safetensors", b"", status=404,
+                   headers={"X-Repo-Commit": COMMIT, "X-Error-Code": "EntryNotFound"})
+        server.add(f"{base}/pytorch_model.bin", data, headers={"X-Repo-Commit": COMMIT, "ETag": f'"{sha256(data)}"'})
+        done = subprocess.run([sys.executable, "-c", FETCH, "test_vit", str(out), str(tmp_path / "lock")],
+                              cwd=tmp_path, env=hub_env(tmp_path, server.url("")), capture_output=True, text=True,
+                              timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    loaded = load_file(out / "test_vit.safetensors")
+    assert loaded.keys() == state.keys() and all(torch.equal(loaded[k], state[k]) for k in state)
+
+
+@pytest.mark.parametrize("name", ["vit_base_patch16_clip_224.openai", "convnext_base.fb_in22k",
+                                  "vit_base_patch16_224.augreg_in21k", "vit_base_patch16_224.dino",
+                                  "resnetv2_50x1_bit.goog_in21k"])
+def test_paper_backbones_have_hub_checkpoints(name: str) -> None:
+    """The configs' ``weights: hub`` models all resolve to a Hugging Face repo (what the fetch needs)."""
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(name)
+    assert cfg is not None and cfg.hf_hub_id

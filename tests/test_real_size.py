@@ -1,0 +1,145 @@
+"""Every backbone the papers' configs name, at its real size, through the real stages (random weights).
+
+One test per architecture of ``configs/*.yaml`` (entries that differ only in their pretrained
+weights share one, e.g. the in21k and DINO ViT-B/16): the digits task built at the model's 224 px
+input size (2 classes, a few images each), then prepare_data, backbone, features, linear_probe,
+grad_norms, the methods whose code differs per architecture family for a step or two (head
+initialisation: random and LP; freeze-embed; SPD's head/body groups), evaluate, WiSE-FT (the LP-FT
+head interpolated, the fresh head kept), soups and the report, each through its stage's ``main``.
+It checks the frozen groups and parameter counts of freeze-embed against counts made by hand,
+that every selected checkpoint and metric file exists, and that the report renders. Minutes on
+2 CPU cores (ViT-L/14 alone about two): marked slow.
+"""
+import importlib
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from conftest import REPO, tiny_params
+
+from pipeline.stages import STAGES
+
+pytestmark = pytest.mark.slow
+
+
+def architectures() -> list[dict]:
+    """One record per distinct architecture in the configs: its timm name and the entries it stands for."""
+    found: dict[str, dict] = {}
+    for path in sorted((REPO / "configs").glob("*.yaml")):
+        cfg = yaml.safe_load(path.read_text())
+        freezes = any(m.get("freeze", "none") != "none" for m in cfg["methods"].values())
+        for name, entry in cfg["models"].items():
+            arch = entry["timm_name"].split(".")[0]
+            rec = found.setdefault(arch, {"arch": arch, "timm_name": entry["timm_name"], "entries": [],
+                                          "freeze": False})
+            rec["entries"].append(f"{path.stem}:{name}")
+            rec["freeze"] |= freezes and name in cfg["experiment"]["models"]
+    return list(found.values())
+
+
+ARCHS = architectures()
+
+# Freeze-embed (the bottom two layer groups) per family, counted by hand from the architectures:
+# the frozen groups and their parameters.
+FROZEN = {
+    # CLIP ViTs: patch embedding without bias (pre-norm) + ln_pre (timm's norm_pre)
+    "vit_base_patch16_clip_224": (["patch_embed", "norm_pre"], 768 * 3 * 16 * 16 + 2 * 768),
+    "vit_large_patch14_clip_224": (["patch_embed", "norm_pre"], 1024 * 3 * 14 * 14 + 2 * 1024),
+    # plain ViT-B/16: patch embedding with bias; norm_pre is an empty placeholder
+    "vit_base_patch16_224": (["patch_embed", "norm_pre"], 768 * 3 * 16 * 16 + 768),
+    # ConvNeXt-B: stem (4x4 conv 3->128 + bias, LayerNorm) + stage 0 (3 blocks at width 128:
+    # 7x7 depthwise + bias, LayerNorm, MLP 128->512->128 with biases, layer scale)
+    "convnext_base": (["stem", "stages.0"], (4 * 4 * 3 * 128 + 128 + 2 * 128)
+                      + 3 * (7 * 7 * 128 + 128 + 2 * 128 + 128 * 512 + 512 + 512 * 128 + 128 + 128)),
+    # BiT ResNetV2 (pre-activation, weight-standardised convs without bias): the 7x7 stem conv, and
+    # stage 0: block 0 (GN 64, 1x1 64->64, GN 64, 3x3 64->64, GN 64, 1x1 64->256, projection 64->256)
+    # and blocks 1-2 (GN 256, 1x1 256->64, GN 64, 3x3, GN 64, 1x1 64->256)
+    "resnetv2_50x1_bit": (["stem", "stages.0"], 7 * 7 * 3 * 64
+                          + (2 * 64 + 64 * 64 + 2 * 64 + 9 * 64 * 64 + 2 * 64 + 64 * 256 + 64 * 256)
+                          + 2 * (2 * 256 + 256 * 64 + 2 * 64 + 9 * 64 * 64 + 2 * 64 + 64 * 256)),
+}
+FROZEN["resnetv2_101x1_bit"] = FROZEN["resnetv2_50x1_bit"]   # the same stem and first stage
+
+
+def params_for(rec: dict) -> dict:
+    cfg = tiny_params(model=rec["timm_name"], weights="none")
+    cfg["datasets"]["digits"]["build"] = {"image_size": 224, "classes": 2, "train_per_class": 2,
+                                          "val_per_class": 1, "test_per_class": 1, "ood_per_class": 2, "seed": 0}
+    methods = {"ft": {"init": "random", "optimizer": "adamw", "lr": 1e-4},
+               "lpft": {"init": "lp", "optimizer": "sgd", "lr": 1e-4},
+               "spd": {"init": "random", "optimizer": "spd", "lr": 1e-4, "spd_lambda": 0.5}}
+    if rec["freeze"]:
+        methods["freeze_embed"] = {"init": "random", "optimizer": "sgd", "lr": 1e-3, "freeze": "embed"}
+    cfg["methods"] = methods
+    cfg["experiment"] = {"datasets": ["digits"], "models": ["tiny"], "methods": list(methods), "seeds": [0]}
+    cfg["finetune"] = {"epochs": 1, "batch_size": 2, "warmup_epochs": 0}
+    cfg["linear_probe"] = {"C_min": 0.1, "C_max": 1.0, "num_C": 2, "max_iter": 10}
+    cfg["features"] = {"batch_size": 16}
+    cfg["evaluate"] = {"batch_size": 16}
+    cfg["wise_ft"] = {"alphas": [0.5, 1.0], "methods": ["ft", "lpft"]}
+    cfg["soups"] = {"methods": [m for m in methods if methods[m]["init"] == "random"]}
+    cfg["analysis"] = {"lpft_theory": {"eps": [0.0], "seeds": 1}, "grad_norms": {"batch_size": 2}}
+    cfg["report"]["labels"] = {m: m for m in methods}
+    return cfg
+
+
+@pytest.mark.parametrize("rec", ARCHS, ids=[r["arch"] for r in ARCHS])
+def test_backbone_through_every_stage(rec, tmp_path, monkeypatch, capsys):
+    cfg = params_for(rec)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    shutil.copytree(REPO / "paper", tmp_path / "paper", ignore=shutil.ignore_patterns("tables", "figures", "*.pdf"))
+    monkeypatch.chdir(tmp_path)
+    from pipeline.config import load_params
+    from pipeline.preflight import check
+
+    loaded = load_params("params.yaml")
+    check(loaded)   # the up-front checks pass for the real architecture at its size
+    seconds = {}
+    try:
+        for st in STAGES:
+            if st.name in ("paper", "lpft_theory"):
+                continue
+            main = importlib.import_module(st.module).main
+            t0 = time.perf_counter()
+            for wc in st.jobs(loaded):
+                assert main([a for w in st.wildcards for a in (f"--{w}", wc[w])]) in (0, None), (st.name, wc)
+            seconds[st.name] = round(time.perf_counter() - t0, 1)
+        check_outputs(rec, loaded)
+    finally:
+        with capsys.disabled():
+            print(f"\n[real size] {rec['arch']} ({', '.join(rec['entries'])}): {sum(seconds.values()):.0f}s {seconds}")
+        shutil.rmtree(tmp_path / "data", ignore_errors=True)   # GBs of weights: not kept by pytest's tmp dirs
+        shutil.rmtree(tmp_path / "results", ignore_errors=True)
+
+
+def check_outputs(rec: dict, cfg: dict) -> None:
+    run = Path("results/digits/tiny")
+    assert (run / "lp/head.safetensors").is_file() and (run / "features.safetensors").is_file()
+    for method in cfg["experiment"]["methods"]:
+        d = run / method / "default" / "seed0"
+        for name in ("model.safetensors", "metrics.csv", "history.csv", "run.json", "layers.csv", "cost.json"):
+            assert (d / name).is_file(), d / name
+        facts = json.loads((d / "run.json").read_text())
+        if method == "freeze_embed":
+            groups, frozen = FROZEN[rec["arch"]]
+            assert facts["frozen_groups"] == groups
+            assert facts["frozen_params"] == frozen, (facts["frozen_params"], frozen)
+            assert 0 < facts["frozen_fraction"] < 0.02
+        else:
+            assert facts["frozen_params"] == 0
+    for method in cfg["wise_ft"]["methods"]:
+        curve = pd.read_csv(run / method / "default/seed0/wise_ft.csv")
+        assert set(curve["alpha"]) == {0.5, 1.0} and {"grid", "id_val"} <= set(curve["selection"])
+    soup = json.loads((run / "soup/seed0/soup.json").read_text())
+    assert len(soup["ingredients"]) == len(cfg["soups"]["methods"])
+    assert (run / "soup/seed0/metrics.csv").is_file()
+    results = pd.read_csv("results/report/results.csv")
+    assert {"lp", "ft", "lpft", "spd", "uniform_soup", "greedy_soup"} <= set(results["method"])
+    table = Path("paper/tables/results.tex").read_text()
+    assert r"\begin{tabular}" in table and "lpft" in table
+    for figure in ("id_vs_ood.pdf", "grad_norms.pdf", "layers.pdf"):
+        assert Path("paper/figures", figure).stat().st_size > 1000
