@@ -6,8 +6,10 @@ seconds), so they run once per workflow: in the Snakefile's ``onstart`` (before 
 not on dry runs) and in DVC's ``check_params`` stage (upstream of every stage). Each failure is
 one line naming the key:
 
-* every model's ``timm_name`` is a timm model (close names suggested);
+* every model's ``timm_name`` is a timm model, or its ``open_clip`` name an OpenCLIP one (close
+  names suggested), with a known pretrained tag;
 * a ``weights`` file exists, packaged weights' package is installed;
+* a dataset a zero-shot method runs on has class names and prompt templates;
 * every dataset's prepared image size goes through every model: a forward pass on the meta
   device (no memory, no arithmetic), so fixed-size models (ViTs) are caught with the fix to apply;
 * a freeze policy (and the embedding lr) matches layer groups of every model's family;
@@ -29,7 +31,7 @@ from pipeline.config import ParamsError
 from pipeline.config.load import setting_key
 from pipeline.config.settings import grid_points, resolve_settings
 from pipeline.data.prepare import image_size, known_train_size
-from pipeline.models.backbone import PACKAGED_WEIGHTS, model_kwargs
+from pipeline.models.backbone import PACKAGED_WEIGHTS, model_from_config
 from pipeline.models.layers import FREEZE_ALIASES, layer_groups, resolve_freeze
 
 compat.apply()
@@ -43,6 +45,14 @@ def check(cfg: Mapping, source: str = "params.yaml") -> None:
     exp = cfg["experiment"]
     for name in exp["models"]:
         _check_model_entry(name, cfg["models"][name], source)
+    if any(cfg["methods"][m]["init"] == "zeroshot" for m in exp["methods"]):
+        from pipeline.data.prompts import NoClassNamesError, check_prompts
+
+        for dataset in exp["datasets"]:
+            try:
+                check_prompts(dataset, cfg["datasets"][dataset])
+            except NoClassNamesError as e:
+                raise ParamsError(f"{source}: {e}") from None
     with torch.device("meta"):   # shapes only: no memory, no arithmetic
         models = {name: _meta_model(name, cfg["models"][name], source) for name in exp["models"]}
         for dataset in exp["datasets"]:
@@ -64,6 +74,14 @@ def check(cfg: Mapping, source: str = "params.yaml") -> None:
 
 def _check_model_entry(name: str, entry: Mapping, source: str) -> None:
     key = f"models.{name}"
+    if "open_clip" in entry:
+        from pipeline.models.openclip import OpenCLIPConfigError, check_entry
+
+        try:
+            check_entry(name, entry)
+        except OpenCLIPConfigError as e:
+            raise ParamsError(f"{source}: {e}") from None
+        return
     arch = entry["timm_name"]
     if not timm.is_model(arch):
         close = difflib.get_close_matches(arch.split(".")[0], timm.list_models(), n=3)
@@ -85,10 +103,14 @@ def _check_model_entry(name: str, entry: Mapping, source: str) -> None:
 
 def _meta_model(name: str, entry: Mapping, source: str) -> torch.nn.Module:
     try:
-        return timm.create_model(entry["timm_name"], pretrained=False, num_classes=10, **model_kwargs(entry))
+        return model_from_config(entry, 10, None)
     except (TypeError, ValueError, RuntimeError, AssertionError) as e:
-        raise ParamsError(f"{source}: models.{name}.model_kwargs: {entry['timm_name']} rejects them: "
+        raise ParamsError(f"{source}: models.{name}.model_kwargs: {_arch(entry)} rejects them: "
                           f"{str(e).splitlines()[0]}") from None
+
+
+def _arch(entry: Mapping) -> str:
+    return entry["timm_name"] if "timm_name" in entry else f"OpenCLIP {entry['open_clip']}"
 
 
 def _check_input_size(model: torch.nn.Module, size: int, cfg: Mapping, dataset: str, name: str, source: str) -> None:
@@ -98,10 +120,12 @@ def _check_input_size(model: torch.nn.Module, size: int, cfg: Mapping, dataset: 
         ds = cfg["datasets"][dataset]
         key = f"datasets.{dataset}.{'build.image_size' if ds['source'] == 'digits' else 'image_size'}"
         want = model.pretrained_cfg.get("input_size", (3, size, size))[-1]
+        adapt = "" if "open_clip" in cfg["models"][name] else (
+            f", or set models.{name}.model_kwargs: {{img_size: {size}}} (position embeddings resampled) or "
+            "{dynamic_img_size: true}")
         raise ParamsError(f"{source}: {key}: {size} px images do not fit models.{name} "
-                          f"({cfg['models'][name]['timm_name']}: {str(e).splitlines()[0]}); prepare them at {want} "
-                          f"px, or set models.{name}.model_kwargs: {{img_size: {size}}} (position embeddings "
-                          f"resampled) or {{dynamic_img_size: true}}") from None
+                          f"({_arch(cfg['models'][name])}: {str(e).splitlines()[0]}); prepare them at {want} px"
+                          f"{adapt}") from None
 
 
 def _check_freeze(model: torch.nn.Module, cfg: Mapping, method: str, name: str, source: str) -> None:

@@ -41,6 +41,8 @@ DOWNLOAD_MANIFEST = "pipeline/download/manifest.yaml"
 WEIGHTS = "data/weights/{model}.safetensors"
 FEATURES = "results/{dataset}/{model}/features.safetensors"
 LP_DIR = "results/{dataset}/{model}/lp"
+ZEROSHOT_DIR = "results/{dataset}/{model}/zeroshot"
+PROMPTS = "pipeline/data/prompts/{source}.yaml"
 RUN_DIR = "results/{dataset}/{model}/{method}/{hp}/seed{seed}"
 # A fine-tune's resumable state while it runs (not an output; removed once the run's outputs exist).
 CHECKPOINT_DIR = "checkpoints/{dataset}/{model}/{method}/{hp}/seed{seed}"
@@ -266,6 +268,16 @@ def _method_code(cfg: dict, wc: dict) -> list[str]:
     return list(dict.fromkeys(f for c in parts for f in source_files(c.module)))
 
 
+def _zeroshot_pairs(cfg: dict, wc: dict) -> bool:
+    """OpenCLIP models on datasets whose source ships class names and templates."""
+    source = cfg["datasets"][wc["dataset"]]["source"]
+    return "open_clip" in cfg["models"][wc["model"]] and (PACKAGE_ROOT / PROMPTS.format(source=source)).is_file()
+
+
+def _prompt_files(cfg: dict, wc: dict) -> list[str]:
+    return [PROMPTS.format(source=cfg["datasets"][wc["dataset"]]["source"])]
+
+
 def _init_code(cfg: dict, wc: dict) -> list[str]:
     return source_files(INITS[cfg["methods"][wc["method"]]["init"]].module)
 
@@ -337,6 +349,7 @@ def _report_inputs(cfg, wc):
     runs = all_runs(cfg)
     return {
         "lp": [f"{LP_DIR}/metrics.csv".format(**p) for p in pairs],
+        "zeroshot": [f"{ZEROSHOT_DIR}/metrics.csv".format(**p) for p in STAGES_BY_NAME["zeroshot"].jobs(cfg)],
         "evaluate": [f"{RUN_DIR}/metrics.csv".format(**r) for r in runs],
         "wise_ft": [f"{RUN_DIR}/wise_ft.csv".format(**r) for r in STAGES_BY_NAME["wise_ft"].jobs(cfg)],
         "soup": [f"{SOUP_DIR}/metrics.csv".format(**j) for j in STAGES_BY_NAME["soup"].jobs(cfg)],
@@ -387,6 +400,12 @@ STAGES: tuple[Stage, ...] = (
           ("dataset", "model"),
           {"head": f"{LP_DIR}/head.safetensors", "sweep": f"{LP_DIR}/sweep.csv", "metrics": f"{LP_DIR}/metrics.csv"},
           _lp_inputs, params=("linear_probe",), mem_mb=4000),
+    Stage("zeroshot", "pipeline.evaluation.zeroshot",
+          "Zero-shot head of an OpenCLIP model from its text tower (class names x prompt templates), and its scores.",
+          ("dataset", "model"), {"head": f"{ZEROSHOT_DIR}/head.safetensors", "metrics": f"{ZEROSHOT_DIR}/metrics.csv"},
+          _data_and_weights,
+          params=("models.{model}", *(f"datasets.{{dataset}}.{k}" for k in PREPARE_KEYS), "evaluate"),
+          select=_zeroshot_pairs, extra_code=_prompt_files, gpu=1, runtime=30, mem_mb=8000),
     Stage("grad_norms", "pipeline.analysis.grad_norms",
           "Per-layer gradient norms at the start of fine-tuning (embedding vs the rest), for freeze-embed.",
           ("dataset", "model"), {"grad_norms": GRAD_NORMS}, _data_and_weights,

@@ -25,7 +25,8 @@ def n_jobs(cfg: dict) -> int:
 def test_config_is_valid_and_uses_real_datasets(path):
     cfg = load_params(path)
     assert {ds["source"] for ds in cfg["datasets"].values()} <= set(SOURCES) - {"digits"}
-    assert cfg["experiment"]["seeds"] == [0, 1, 2]
+    # 3 seeds as in the freeze-embed and LP-FT papers; the WiSE-FT and soups papers do not seed their runs
+    assert cfg["experiment"]["seeds"] == ([0] if path.stem in ("wise_ft", "soups") else [0, 1, 2])
 
 
 def test_freeze_embed_sweep_is_the_papers_table():
@@ -50,6 +51,21 @@ def test_lpft_config_runs_each_dataset_with_the_papers_backbone():
     runs = STAGES_BY_NAME["finetune"].jobs(cfg)
     assert len(runs) == 6 * 2 * 6 * 3 and {r["model"] for r in runs if r["dataset"] == "fmow"} == {"moco_tp_r50"}
     assert cfg["models"]["moco_v2_r50"]["weights_prefix"] == "module.encoder_q."
+
+
+def test_wise_ft_and_soups_configs_start_from_the_zero_shot_head():
+    wise = load_params(REPO / "configs/wise_ft.yaml")
+    assert wise["models"]["clip_vit_b16"] == {"open_clip": "ViT-B-16", "weights": "hub:openai"}
+    assert wise["wise_ft"]["alphas"] == [round(0.1 * i, 1) for i in range(11)]
+    s = method_settings(wise, "ft", dataset="imagenet")
+    assert (s["init"], s["optimizer"], s["lr"], s["weight_decay"], s["batch_size"], s["epochs"], s["grad_clip"]) == \
+        ("zeroshot", "adamw", 3e-5, 0.1, 512, 10, 1.0)
+    zeroshot = STAGES_BY_NAME["zeroshot"].jobs(wise)
+    assert zeroshot == [{"dataset": "imagenet", "model": "clip_vit_b16"}]
+    soups = load_params(REPO / "configs/soups.yaml")
+    assert len(soups["soups"]["methods"]) == 17 and soups["soups"]["methods"] == soups["experiment"]["methods"]
+    assert {soups["methods"][m]["init"] for m in soups["soups"]["methods"]} == {"zeroshot"}
+    assert soups["methods"]["model_18"]["lr"] == pytest.approx(3.207e-5, rel=1e-3)
 
 
 def test_another_config_is_passed_to_every_command_and_dvc_param():

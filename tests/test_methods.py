@@ -64,7 +64,7 @@ def test_the_schema_is_completed_from_the_registry():
     raw = yaml.safe_load(SCHEMA_PATH.read_text())
     assert raw["properties"]["methods"]["additionalProperties"]["properties"]["optimizer"] == {"enum": []}
     method = full_schema()["properties"]["methods"]["additionalProperties"]["properties"]
-    assert method["init"]["enum"] == list(INITS) == ["random", "lp"]
+    assert method["init"]["enum"] == list(INITS) == ["random", "lp", "zeroshot"]
     assert method["optimizer"]["enum"] == list(OPTIMIZERS)
     assert {k: method[k] for k in KEYS} == {k: v.schema for k, v in KEYS.items()}
     assert set(method["grid"]["properties"]) == {"lr", *sweepable()}

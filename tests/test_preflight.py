@@ -28,7 +28,7 @@ def test_the_demo_and_the_papers_configs(monkeypatch):
     import yaml
 
     monkeypatch.chdir(REPO)
-    for name in ("params.yaml", "configs/freeze_embed.yaml"):
+    for name in ("params.yaml", "configs/freeze_embed.yaml", "configs/wise_ft.yaml", "configs/soups.yaml"):
         check(validate(yaml.safe_load((REPO / name).read_text()), name), name)
     # the LP-FT config names the MoCo checkpoints timm does not ship: the user places them
     lpft = validate(yaml.safe_load((REPO / "configs/lpft.yaml").read_text()), "configs/lpft.yaml")

@@ -88,6 +88,19 @@ def validate(cfg: Any, source: str = DEFAULT_PARAMS) -> dict:
         raise ParamsError(f"{source}: linear_probe.C_min: {lp['C_min']} is larger than C_max {lp['C_max']}")
     for name, m in cfg["methods"].items():
         _check_method(name, m, source)
+    for name, m in cfg["models"].items():
+        if ("timm_name" in m) == ("open_clip" in m):
+            raise ParamsError(f"{source}: models.{name}: set timm_name (a timm model) or open_clip (an OpenCLIP "
+                              "model), not both or neither")
+        for key in ("config", "mean", "std"):
+            if key in m and "timm_name" in m:
+                raise ParamsError(f"{source}: models.{name}.{key}: only OpenCLIP models (open_clip) take it")
+    for name in exp["methods"]:
+        if cfg["methods"][name]["init"] == "zeroshot":
+            for model in exp["models"]:
+                if "open_clip" not in cfg["models"][model]:
+                    raise ParamsError(f"{source}: methods.{name}.init: zeroshot needs a CLIP text tower, but "
+                                      f"models.{model} is a timm model (name an OpenCLIP model: open_clip)")
     for dataset in cfg["experiment"]["datasets"]:
         for name in cfg["experiment"]["methods"]:
             _check_batches(cfg, dataset, name, source)

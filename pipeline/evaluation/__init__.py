@@ -1,4 +1,5 @@
-"""Evaluation: tidy metric rows per split and domain, and each dataset's official metrics (WILDS).
+"""Evaluation: tidy metric rows per split and domain, each dataset's official metrics (WILDS), zero-shot models.
 
-Depends on :mod:`pipeline.models` and :mod:`pipeline.data`. Stage: ``evaluate``.
+Depends on :mod:`pipeline.methods` (the zero-shot head initialisation), :mod:`pipeline.models`
+and :mod:`pipeline.data`. Stages: ``evaluate``, ``zeroshot``.
 """

@@ -1,6 +1,7 @@
-"""Backbones: timm models from local weight files, their layer groups, and batched inference.
+"""Backbones: timm models and OpenCLIP image towers from local weight files, zero-shot heads from
+OpenCLIP text towers, layer groups per family, and batched inference.
 
-Depends on :mod:`pipeline.data`, and on :mod:`pipeline.download` for where a fetched
-``weights: hub`` checkpoint lies and its error type. Stages: ``backbone`` (:mod:`~pipeline.models.weights`)
-and ``features`` (:mod:`~pipeline.models.features`).
+Depends on :mod:`pipeline.data` (and its class names and prompts), and on :mod:`pipeline.download`
+for where a fetched ``weights: hub`` checkpoint lies and its error type. Stages: ``backbone``
+(:mod:`~pipeline.models.weights`) and ``features`` (:mod:`~pipeline.models.features`).
 """

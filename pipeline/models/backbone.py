@@ -101,7 +101,11 @@ def model_kwargs(model_cfg: Mapping) -> dict:
 
 
 def model_from_config(model_cfg: Mapping, num_classes: int, weights: str | Path | None) -> nn.Module:
-    """Build the model of a ``models.<name>`` entry of params.yaml."""
+    """Build the model of a ``models.<name>`` entry of params.yaml: a timm model, or an OpenCLIP image tower."""
+    if "open_clip" in model_cfg:
+        from pipeline.models import openclip
+
+        return openclip.model_from_config(model_cfg, num_classes, weights)
     return create_model(model_cfg["timm_name"], num_classes, weights, **model_kwargs(model_cfg))
 
 

@@ -89,9 +89,16 @@ def _hub_state(timm_name: str, kwargs: dict) -> dict[str, torch.Tensor]:
 
 def main(argv: list[str] | None = None) -> int:
     job = parse_job("backbone", argv)
-    mcfg = job.params["models"][job.wildcards["model"]]
-    state = resolve_weights(mcfg["timm_name"], mcfg["weights"], model_kwargs(mcfg), mcfg.get("weights_prefix"))
-    save_state(state, job.outputs["weights"], metadata={"timm_name": mcfg["timm_name"], "source": mcfg["weights"],
+    name = job.wildcards["model"]
+    mcfg = job.params["models"][name]
+    if "open_clip" in mcfg:   # the whole CLIP model: the zero-shot stage needs its text tower
+        from pipeline.models import openclip
+
+        state, arch = openclip.resolve_weights(mcfg, name), f"open_clip:{mcfg['open_clip']}"
+    else:
+        state = resolve_weights(mcfg["timm_name"], mcfg["weights"], model_kwargs(mcfg), mcfg.get("weights_prefix"))
+        arch = mcfg["timm_name"]
+    save_state(state, job.outputs["weights"], metadata={"architecture": arch, "source": mcfg["weights"],
                                                         "config_hash": job.config_hash})
     log.info("wrote %s (%d tensors, %.1fM values)", job.outputs["weights"], len(state),
              sum(v.numel() for v in state.values()) / 1e6)

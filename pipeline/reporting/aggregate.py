@@ -31,12 +31,13 @@ import pandas as pd
 from pipeline.evaluation.metrics import ALL_DOMAINS, SORT_COLUMNS, read_tidy, sort_results  # noqa: F401 (re-exported)
 
 # Table row kinds, in table order.
-KINDS = ("lp", "ft", "soup", "wise_ft", "hp_oracle", "oracle")
-ROW_SUFFIX = {"lp": "", "ft": "", "soup": "", "wise_ft": "/wise_ft", "hp_oracle": "/oracle_hp",
+KINDS = ("zeroshot", "lp", "ft", "soup", "wise_ft", "hp_oracle", "oracle")
+ROW_SUFFIX = {"zeroshot": "", "lp": "", "ft": "", "soup": "", "wise_ft": "/wise_ft", "hp_oracle": "/oracle_hp",
               "oracle": "/wise_ft_oracle"}
 LP_METHOD = "lp"
+ZEROSHOT_METHOD = "zeroshot"   # an OpenCLIP model with its zero-shot head (pipeline.evaluation.zeroshot)
 SOUP_METHODS = ("uniform_soup", "greedy_soup")
-DEFAULT_LABELS = {"lp": "LP", "uniform_soup": "Uniform soup", "greedy_soup": "Greedy soup"}
+DEFAULT_LABELS = {"lp": "LP", "zeroshot": "Zero-shot", "uniform_soup": "Uniform soup", "greedy_soup": "Greedy soup"}
 SUMMARY_COLUMNS = ["dataset", "model", "kind", "method", "row", "label", "hp", "quantity", "mean", "std", "n"]
 SELECTION_DEFAULTS = {"val_split": "id_val", "ood_val_split": "ood_val", "selection_metric": "acc"}
 
@@ -58,7 +59,7 @@ def read_runs(paths: list[str]) -> pd.DataFrame:
 def row_label(kind: str, method: str, labels: dict[str, str]) -> str:
     """Display name of a table row, e.g. ``FT (AdamW) + WiSE-FT (alpha on OOD val)``."""
     base = labels.get(method, DEFAULT_LABELS.get(method, method))
-    return {"lp": base, "ft": base, "soup": base, "wise_ft": f"{base} + WiSE-FT",
+    return {"zeroshot": base, "lp": base, "ft": base, "soup": base, "wise_ft": f"{base} + WiSE-FT",
             "hp_oracle": f"{base}, grid point on OOD val", "oracle": f"{base} + WiSE-FT, alpha on OOD val"}[kind]
 
 
@@ -68,7 +69,7 @@ def select_grid_points(df: pd.DataFrame, report_cfg: dict) -> pd.DataFrame:
     Columns: dataset, model, method, id_hp, ood_hp, n_points.
     """
     cfg = {**SELECTION_DEFAULTS, **report_cfg}
-    runs = df[(df["selection"] == "") & ~df["method"].isin((LP_METHOD, *SOUP_METHODS))]
+    runs = df[(df["selection"] == "") & ~df["method"].isin((LP_METHOD, ZEROSHOT_METHOD, *SOUP_METHODS))]
     keys = ["dataset", "model", "method", "hp"]
     long = per_seed_scores(runs, keys + ["seed"], cfg["val_split"], cfg["ood_val_split"])
     # Grid order = order of first appearance in the run list (params order), for tie-breaking.
@@ -94,6 +95,7 @@ def assign_rows(df: pd.DataFrame, chosen: pd.DataFrame) -> pd.DataFrame:
     m = df.merge(chosen, on=key, how="left")
     plain, swept = m["selection"] == "", m["n_points"].fillna(1) > 1
     parts = [
+        m[m["method"] == ZEROSHOT_METHOD].assign(kind="zeroshot"),
         m[m["method"] == LP_METHOD].assign(kind="lp"),
         m[plain & m["method"].isin(SOUP_METHODS)].assign(kind="soup"),
         m[plain & (m["hp"] == m["id_hp"])].assign(kind="ft"),

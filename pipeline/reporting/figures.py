@@ -28,7 +28,7 @@ PDF_METADATA = {"CreationDate": None, "ModDate": None}
 PNG_METADATA = {"Software": None}
 LP_COLOR = "black"
 SOUP_COLORS = {"uniform_soup": "dimgrey", "greedy_soup": "darkgoldenrod"}
-MARKERS = {"lp": "s", "ft": "o", "soup": "D", "wise_ft": "*"}
+MARKERS = {"zeroshot": "P", "lp": "s", "ft": "o", "soup": "D", "wise_ft": "*"}
 
 # fontTools logs every font subset at INFO, which would bury the stage's own log lines.
 logging.getLogger("fontTools").setLevel(logging.WARNING)
@@ -59,7 +59,7 @@ def _draw_pair(ax, summary: pd.DataFrame, curves: pd.DataFrame, methods: list[st
         (x, xerr), (y, yerr) = _stat(summary, r.row, "id_acc"), _stat(summary, r.row, "ood_acc")
         if math.isnan(x) or math.isnan(y):
             continue
-        color = LP_COLOR if r.kind == "lp" else SOUP_COLORS.get(r.method) or colors.get(r.method, "grey")
+        color = LP_COLOR if r.kind in ("lp", "zeroshot") else SOUP_COLORS.get(r.method) or colors.get(r.method, "grey")
         marker = MARKERS[r.kind]
         size = 10 if r.kind == "wise_ft" else 6
         ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt=marker, ms=size, color=color, mec="white", mew=0.6,

@@ -2,6 +2,7 @@
 
 Inputs:
   ``lp``        ``results/{dataset}/{model}/lp/metrics.csv`` of every dataset/model
+  ``zeroshot``  ``results/{dataset}/{model}/zeroshot/metrics.csv`` of every OpenCLIP model/dataset
   ``evaluate``  ``results/{dataset}/{model}/{method}/{hp}/seed{seed}/metrics.csv`` of every run
   ``wise_ft``   ``.../seed{seed}/wise_ft.csv`` (alpha grid, plus the alphas chosen on ID val
                 and, as an oracle, on OOD val)
@@ -59,8 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     job = parse_job("report", argv)
     report_cfg = {**REPORT_DEFAULTS, **(job.params.get("report") or {})}
     methods = list(job.params["experiment"]["methods"])
-    results = read_tidy(_paths(job.inputs["lp"]) + _paths(job.inputs["evaluate"]) + _paths(job.inputs["wise_ft"])
-                        + _paths(job.inputs.get("soup", [])))
+    results = read_tidy([p for key in ("lp", "zeroshot", "evaluate", "wise_ft", "soup")
+                         for p in _paths(job.inputs.get(key, []))])
     if results.empty:
         raise ValueError("report: no metric rows in the input CSVs")
     chosen = select_grid_points(results, report_cfg)
