@@ -4,6 +4,7 @@
 #   snakemake --profile profiles/slurm  submit to a Slurm cluster
 #   snakemake --config params=configs/freeze_embed.yaml   another experiment config
 #   snakemake --config params=configs/lpft.yaml datasets=cifar10,fmow   only these datasets' jobs (no report)
+#   snakemake --report report.html      the tables and figures as one self-contained HTML page
 import json
 import sys
 
@@ -20,6 +21,9 @@ except ParamsError as err:
 
 wildcard_constraints:
     **WILDCARD_PATTERNS,
+
+
+report: "paper/captions/workflow.rst"
 
 
 # `datasets=a,b` narrows the default target to those datasets' jobs; the report and
@@ -77,6 +81,13 @@ def _code(st):
     return lambda wc: code_digest(st, CFG, dict(wc.items()))
 
 
+def _output(st, name, path):
+    # Tables and figures go into `snakemake --report`, each with its caption.
+    if name in st.reported:
+        return report(path, caption=st.caption(name), category=st.reported[name])
+    return directory(path) if name in st.directories else path
+
+
 for st in STAGES:
 
     rule:
@@ -87,7 +98,7 @@ for st in STAGES:
         input:
             unpack(_inputs(st)),
         output:
-            **{k: directory(v) if k in st.directories else v for k, v in st.outputs.items()},
+            **{k: _output(st, k, v) for k, v in st.outputs.items()},
         params:
             values=_params(st),
             code=_code(st),

@@ -76,8 +76,14 @@ def _dvc_commit(argv: list[str]) -> int:
     return commit_main(argv)
 
 
+def _wilds_predictions(argv: list[str]) -> int:
+    from pipeline.evaluation.submission import main as submission_main
+
+    return submission_main(argv)
+
+
 TOOLS = {"validate": _validate, "schema": _schema, "export-dvc": _export_dvc, "dvc-commit": _dvc_commit,
-         "exps": _exps, "fetch": _fetch}
+         "exps": _exps, "fetch": _fetch, "wilds-predictions": _wilds_predictions}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
               "  export-dvc     render dvc.yaml from the registry\n"
               "  dvc-commit     record Snakemake's outputs in DVC, keeping their timestamps\n"
               "  exps           DVC experiments as one params-versus-metrics table\n"
-              "  fetch          download every dataset and hub checkpoint a config needs (run where there is network)")
+              "  fetch          download every dataset and hub checkpoint a config needs (run where there is network)\n"
+              "  wilds-predictions  WILDS-style prediction files from a run's predictions.npz")
         return 0 if argv else 2
     cmd, rest = argv[0], argv[1:]
     try:

@@ -13,7 +13,7 @@ import sys
 import yaml
 
 from pipeline.config import DEFAULT_PARAMS, load_params
-from pipeline.stages import STAGES, flatten, job_inputs
+from pipeline.stages import STAGES, STAGES_BY_NAME, flatten, job_inputs
 
 HEADER = """\
 # GENERATED from pipeline/stages.py and params.yaml; do not edit by hand.
@@ -31,17 +31,17 @@ CHECK_MARKER = "results/params.ok"
 # checks of the models against the data (pipeline/preflight.py).
 CHECK_CODE = ["pipeline/config/params.schema.yaml", "pipeline/config/load.py", "pipeline/config/schema.py",
               "pipeline/config/settings.py", "pipeline/methods/registry.py", "pipeline/data/sources/__init__.py",
-              "pipeline/preflight.py"]
+              "pipeline/preflight.py", "pipeline/reporting/layouts/__init__.py", "pipeline/reporting/reference.py"]
 # Metrics and plots are cached like every output, so that `dvc exp show` and `dvc plots diff`
 # read each experiment's values through its dvc.lock (git never tracks generated files).
 METRICS_OUTPUTS = {("report", "metrics")}
-PLOT_OUTPUTS = {("report", "figure_png")}
+PLOT_OUTPUTS = {("report", "figure_png"), ("report", "er_figure_png")}
 
 
 def render(cfg: dict, params_file: str = DEFAULT_PARAMS) -> str:
     stages: dict[str, dict] = {CHECK_STAGE: {
         "cmd": f"python -m pipeline validate {params_file} --deep --write {CHECK_MARKER}",
-        "deps": [params_file, *CHECK_CODE],
+        "deps": [params_file, *CHECK_CODE, *((cfg.get("report") or {}).get("reference") or [])],
         "outs": [{CHECK_MARKER: {"cache": False}}]}}
     produced = {p for st in STAGES for wc in st.jobs(cfg) for p in st.output_paths(wc).values()}
     for st in STAGES:
@@ -73,7 +73,23 @@ def render(cfg: dict, params_file: str = DEFAULT_PARAMS) -> str:
             if plots:
                 entry["plots"] = plots
             stages[st.job_id(wc)] = entry
-    return HEADER + yaml.safe_dump({"stages": stages}, sort_keys=False, width=120)
+    return HEADER + yaml.safe_dump({"stages": stages, "plots": plot_definitions(cfg)}, sort_keys=False, width=120)
+
+
+def plot_definitions(cfg: dict) -> list[dict]:
+    """Top-level ``plots:`` for ``dvc plots show``: training curves per method, the ID-vs-OOD scatter."""
+    finetune, report = STAGES_BY_NAME["finetune"], STAGES_BY_NAME["report"]
+    curves: dict[str, dict] = {}
+    for wc in finetune.jobs(cfg):
+        name = f"training curves: {wc['dataset']}/{wc['model']}/{wc['method']}"
+        entry = curves.setdefault(name, {"x": "epoch", "y": {}, "title": name, "x_label": "epoch",
+                                         "y_label": "ID-val accuracy, training loss"})
+        entry["y"][finetune.output_paths(wc)["history"]] = ["id_val_acc", "train_loss"]
+    scatter = {report.outputs["scatter"]: {
+        "template": "scatter", "x": "id_acc", "y": ["ood_acc", "ood_fit"],
+        "title": "OOD vs ID accuracy (%) of every table row, and the logit-linear fit",
+        "x_label": "ID accuracy (%)", "y_label": "OOD accuracy (%)"}}
+    return [{k: v} for k, v in curves.items()] + [scatter]
 
 
 def main(argv: list[str] | None = None) -> int:

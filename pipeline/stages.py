@@ -15,13 +15,14 @@ import functools
 import hashlib
 import shlex
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.config import DEFAULT_PARAMS, lookup
 from pipeline.config.settings import hp_names, method_settings
 from pipeline.data.sources import PREPARE_KEYS, SOURCES
 from pipeline.methods.registry import INITS, OPTIMIZERS, POLICIES, REGULARISERS
+from pipeline.reporting.layouts import GRID_MACRO, HTML_TEMPLATE, LAYOUTS
 
 # Wildcard -> the experiment list it ranges over, and the regex it must match
 # (which also keeps any value out of reach of shell injection).
@@ -54,9 +55,11 @@ ANALYSIS_DIR = "results/analysis"
 REPORT_DIR = "results/report"
 TEMPLATES = "paper/templates"
 # Jinja templates of LaTeX tables (paper/templates/<name>.tex.j2 -> paper/tables/<name>.tex): the
-# lpft_theory and costs stages render their own, the report every other one.
+# lpft_theory and costs stages render their own, the report every layout's (pipeline.reporting.layouts).
 LPFT_THEORY_TEMPLATE = f"{TEMPLATES}/lpft_theory.tex.j2"
 COSTS_TEMPLATE = f"{TEMPLATES}/costs.tex.j2"
+REPORT_TABLES = "results/report/tables"
+CAPTIONS = "paper/captions"
 
 Inputs = Callable[[dict, dict], dict]
 Select = Callable[[dict, dict], bool]
@@ -100,6 +103,12 @@ class Stage:
     # Run on the host that runs Snakemake, never submitted to a cluster (Snakemake's `localrule`):
     # downloads need the network, which compute nodes often lack.
     local: bool = False
+    # Outputs in `snakemake --report report.html`: output name -> category; each has a caption,
+    # paper/captions/<stage>/<output>.rst (reStructuredText).
+    reported: dict[str, str] = field(default_factory=dict)
+
+    def caption(self, output: str) -> str:
+        return f"{CAPTIONS}/{self.name}/{output}.rst"
 
     def jobs(self, cfg: dict) -> list[dict[str, str]]:
         """Wildcard values of every job, in a stable order."""
@@ -278,6 +287,11 @@ def _prompt_files(cfg: dict, wc: dict) -> list[str]:
     return [PROMPTS.format(source=cfg["datasets"][wc["dataset"]]["source"])]
 
 
+def _layout_code(cfg: dict, wc: dict) -> list[str]:
+    """The table layouts' modules (the report loads them by name from the layout registry)."""
+    return list(dict.fromkeys(f for x in LAYOUTS.values() for f in source_files(x.module)))
+
+
 def _init_code(cfg: dict, wc: dict) -> list[str]:
     return source_files(INITS[cfg["methods"][wc["method"]]["init"]].module)
 
@@ -292,9 +306,8 @@ def _manifest_file(cfg: dict, wc: dict) -> list[str]:
 
 
 def report_templates() -> list[str]:
-    """The table templates the report renders: every one in paper/templates but the lpft_theory and costs stages'."""
-    found = sorted(str(p.relative_to(PACKAGE_ROOT)) for p in (PACKAGE_ROOT / TEMPLATES).glob("*.tex.j2"))
-    return [t for t in found if t not in (LPFT_THEORY_TEMPLATE, COSTS_TEMPLATE)]
+    """The templates the report renders: each layout's, the grid macro they share, the HTML page."""
+    return [*(x.template for x in LAYOUTS.values()), GRID_MACRO, HTML_TEMPLATE]
 
 
 def table_output(template: str) -> str:
@@ -334,7 +347,7 @@ def _evaluate_inputs(cfg, wc):
 def _wise_ft_inputs(cfg, wc):
     # alpha = 1 is the fine-tuned model itself: its scores come from `evaluate`.
     return {**_finetune_inputs(cfg, wc), "model": f"{RUN_DIR}/model.safetensors".format(**wc),
-            "metrics": f"{RUN_DIR}/metrics.csv".format(**wc)}
+            "metrics": f"{RUN_DIR}/metrics.csv".format(**wc), "predictions": f"{RUN_DIR}/predictions.npz".format(**wc)}
 
 
 def _soup_inputs(cfg, wc):
@@ -347,6 +360,9 @@ def _soup_inputs(cfg, wc):
 def _report_inputs(cfg, wc):
     pairs = STAGES_BY_NAME["features"].jobs(cfg)
     runs = all_runs(cfg)
+    predictions = [STAGES_BY_NAME[name].output_paths(j)["predictions"]
+                   for name in ("linear_probe", "zeroshot", "evaluate", "wise_ft", "soup")
+                   for j in STAGES_BY_NAME[name].jobs(cfg)]
     return {
         "lp": [f"{LP_DIR}/metrics.csv".format(**p) for p in pairs],
         "zeroshot": [f"{ZEROSHOT_DIR}/metrics.csv".format(**p) for p in STAGES_BY_NAME["zeroshot"].jobs(cfg)],
@@ -356,7 +372,9 @@ def _report_inputs(cfg, wc):
         "runs": [f"{RUN_DIR}/run.json".format(**r) for r in runs],
         "layers": [f"{RUN_DIR}/layers.csv".format(**r) for r in runs],
         "grad_norms": [GRAD_NORMS.format(**p) for p in pairs],
+        "predictions": predictions,
         "templates": report_templates(),
+        "reference": list((cfg.get("report") or {}).get("reference") or []),
     }
 
 
@@ -398,11 +416,13 @@ STAGES: tuple[Stage, ...] = (
     Stage("linear_probe", "pipeline.training.linear_probe",
           "L2-regularised multinomial logistic regression, C swept (warm-started L-BFGS), chosen on ID val.",
           ("dataset", "model"),
-          {"head": f"{LP_DIR}/head.safetensors", "sweep": f"{LP_DIR}/sweep.csv", "metrics": f"{LP_DIR}/metrics.csv"},
+          {"head": f"{LP_DIR}/head.safetensors", "sweep": f"{LP_DIR}/sweep.csv", "metrics": f"{LP_DIR}/metrics.csv",
+           "predictions": f"{LP_DIR}/predictions.npz"},
           _lp_inputs, params=("linear_probe",), mem_mb=4000),
     Stage("zeroshot", "pipeline.evaluation.zeroshot",
           "Zero-shot head of an OpenCLIP model from its text tower (class names x prompt templates), and its scores.",
-          ("dataset", "model"), {"head": f"{ZEROSHOT_DIR}/head.safetensors", "metrics": f"{ZEROSHOT_DIR}/metrics.csv"},
+          ("dataset", "model"), {"head": f"{ZEROSHOT_DIR}/head.safetensors", "metrics": f"{ZEROSHOT_DIR}/metrics.csv",
+                              "predictions": f"{ZEROSHOT_DIR}/predictions.npz"},
           _data_and_weights,
           params=("models.{model}", *(f"datasets.{{dataset}}.{k}" for k in PREPARE_KEYS), "evaluate"),
           select=_zeroshot_pairs, extra_code=_prompt_files, gpu=1, runtime=30, mem_mb=8000),
@@ -421,17 +441,19 @@ STAGES: tuple[Stage, ...] = (
           measured=frozenset({"cost"})),
     Stage("evaluate", "pipeline.evaluation.evaluate",
           "Accuracy of the fine-tuned model on every split and domain.",
-          RUN, {"metrics": f"{RUN_DIR}/metrics.csv"}, _evaluate_inputs,
+          RUN, {"metrics": f"{RUN_DIR}/metrics.csv", "predictions": f"{RUN_DIR}/predictions.npz"}, _evaluate_inputs,
           params=("evaluate", "models.{model}"),
           gpu=1, runtime=30, mem_mb=8000),
     Stage("wise_ft", "pipeline.ensembling.wise_ft",
           "WiSE-FT: evaluate (1-a) pretrained + a fine-tuned over the alpha grid; a chosen on ID val.",
-          RUN, {"curve": f"{RUN_DIR}/wise_ft.csv"}, _wise_ft_inputs,
+          RUN, {"curve": f"{RUN_DIR}/wise_ft.csv", "predictions": f"{RUN_DIR}/wise_ft_predictions.npz"},
+          _wise_ft_inputs,
           params=("wise_ft.alphas", "evaluate", "models.{model}", "methods.{method}.init"),
           select=_wise_ft_selected, extra_code=_init_code, gpu=1, runtime=60, mem_mb=8000),
     Stage("soup", "pipeline.ensembling.soup",
           "Uniform and greedy model soups (Wortsman et al. 2022) of one seed's runs, greedy order by ID val.",
-          ("dataset", "model", "seed"), {"metrics": f"{SOUP_DIR}/metrics.csv", "soup": f"{SOUP_DIR}/soup.json"},
+          ("dataset", "model", "seed"), {"metrics": f"{SOUP_DIR}/metrics.csv", "soup": f"{SOUP_DIR}/soup.json",
+                                         "predictions": f"{SOUP_DIR}/predictions.npz"},
           _soup_inputs, params=("soups", "evaluate", "models.{model}"),
           select=_soups_enabled, gpu=1, runtime=60, mem_mb=8000),
     Stage("lpft_theory", "pipeline.analysis.lpft_theory",
@@ -439,19 +461,28 @@ STAGES: tuple[Stage, ...] = (
           (), {"results": f"{ANALYSIS_DIR}/lpft_theory.csv", "table": table_output(LPFT_THEORY_TEMPLATE)},
           lambda cfg, wc: {"template": LPFT_THEORY_TEMPLATE}, params=("analysis.lpft_theory",)),
     Stage("report", "pipeline.reporting.report",
-          "Tidy results.csv, the LaTeX table, the figures and metrics.json for `dvc metrics`.",
-          (), {"results": f"{REPORT_DIR}/results.csv", "metrics": f"{REPORT_DIR}/metrics.json",
-               **{f"table_{Path(t).name.removesuffix('.tex.j2')}": table_output(t) for t in report_templates()},
-               "figure": "paper/figures/id_vs_ood.pdf",
-               "figure_png": "paper/figures/id_vs_ood.png", "grad_norms": "paper/figures/grad_norms.pdf",
-               "layers": "paper/figures/layers.pdf"},
-          _report_inputs, params=("report", "experiment.methods")),
+          "Tidy results with intervals, the paper's tables and figures, and metrics.json for `dvc metrics`.",
+          (), {"results": f"{REPORT_DIR}/results.csv", "summary": f"{REPORT_DIR}/summary.csv",
+               "effective_robustness": f"{REPORT_DIR}/effective_robustness.csv",
+               "scatter": f"{REPORT_DIR}/id_vs_ood.csv", "metrics": f"{REPORT_DIR}/metrics.json",
+               **{f"table_{name}": table_output(x.template) for name, x in LAYOUTS.items()},
+               **{f"html_{name}": f"{REPORT_TABLES}/{name}.html" for name in LAYOUTS},
+               "tables": "paper/tables/tables.tex",
+               "figure": "paper/figures/id_vs_ood.pdf", "figure_png": "paper/figures/id_vs_ood.png",
+               "er_figure": "paper/figures/effective_robustness.pdf",
+               "er_figure_png": "paper/figures/effective_robustness.png",
+               "grad_norms": "paper/figures/grad_norms.pdf", "layers": "paper/figures/layers.pdf"},
+          _report_inputs, params=("report", "experiment"), extra_code=_layout_code, runtime=60, mem_mb=8000,
+          reported={**{f"html_{name}": "Tables" for name in LAYOUTS}, "figure_png": "Figures",
+                    "er_figure_png": "Figures", "grad_norms": "Figures", "layers": "Figures", "summary": "Data",
+                    "effective_robustness": "Data"}),
     Stage("costs", "pipeline.reporting.costs",
           "What each method's runs cost: GPU-hours, images/s, peak memory (measured; varies between runs).",
           (), {"costs": f"{REPORT_DIR}/costs.csv", "table": table_output(COSTS_TEMPLATE)}, _costs_inputs,
           params=("report.labels", "experiment.methods"), volatile=frozenset({"costs", "table"})),
     Stage("paper", "pipeline.reporting.paper", "Compile paper/main.tex with latexmk.",
-          (), {"pdf": "paper/main.pdf"}, _paper_inputs, mem_mb=2000, volatile=frozenset({"pdf"})),
+          (), {"pdf": "paper/main.pdf"}, _paper_inputs, mem_mb=2000, volatile=frozenset({"pdf"}),
+          reported={"pdf": "Paper"}),
 )
 
 STAGES_BY_NAME = {s.name: s for s in STAGES}

@@ -19,7 +19,7 @@ from fabricate_imagenet import break_imagenet_folders, fabricate_imagenet, write
 from pipeline.data.prepare import prepare
 from pipeline.data.sources import breeds
 from pipeline.data.sources.base import MissingDataError
-from pipeline.evaluation.official import split_rows
+from pipeline.evaluation.predict import score_logits
 
 W = [f"n0200000{i}" for i in range(6)]
 TASK = [{"name": "alpha", "source": [W[0], W[1]], "target": [W[2]]},
@@ -72,10 +72,10 @@ def test_accuracy_by_hand(stages):
     labels = data.split("ood_test").labels
     assert labels.tolist() == [0] * 3 + [1] * 6
     logits = torch.tensor([[1.0, 0.0]] * 9)
-    rows = {r["domain"]: r["value"] for r in split_rows(data, "ood_test", logits)}
+    rows = {r["domain"]: r["value"] for r in score_logits(data, {"ood_test": logits}).rows if r["metric"] == "acc"}
     assert rows == {"all": pytest.approx(3 / 9), "target": pytest.approx(3 / 9)}
     logits[[0, 3, 4]] = torch.tensor([0.0, 1.0])   # one alpha wrong, two beta right
-    assert split_rows(data, "ood_test", logits)[0]["value"] == pytest.approx(4 / 9)
+    assert score_logits(data, {"ood_test": logits}).rows[0]["value"] == pytest.approx(4 / 9)
 
 
 @pytest.mark.parametrize("task,shape", [("living17", (17, 2)), ("entity30", (30, 4))])

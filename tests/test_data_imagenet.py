@@ -17,7 +17,7 @@ from fabricate_imagenet import R_WNIDS, WNIDS, break_imagenet_folders, fabricate
 
 from pipeline.data.sources import imagenet
 from pipeline.data.sources.base import MissingDataError
-from pipeline.evaluation.official import split_rows
+from pipeline.evaluation.predict import score_logits
 
 OOD = ["imagenet_v2", "imagenet_r", "imagenet_sketch", "imagenet_a"]
 SIZES = {"train": 32, "id_val": 8, "id_test": 12, "ood_test": 20}   # 4 classes x (8 + 2 train, 3 val); 8+4+4+4
@@ -77,7 +77,12 @@ def test_r_and_a_scored_over_their_200_classes(stages):
     logits[v2_wrong, (labels[v2_wrong] + 1) % 4] = 9.0
     sketch_rows = np.flatnonzero(domains == "imagenet_sketch")
     logits[sketch_rows[0], 1 if labels[sketch_rows[0]] != 1 else 0] = 9.0
-    rows = {r["domain"]: (r["value"], r["n"]) for r in split_rows(data, "ood_test", logits) if r["metric"] == "acc"}
+    result = score_logits(data, {"ood_test": logits})
+    rows = {r["domain"]: (r["value"], r["n"]) for r in result.rows if r["metric"] == "acc"}
+    # confidence too is over the subset: R's rows with logits (5, 0) on its two classes -> softmax 1/(1+e^-5)
+    conf = result.predictions["ood_test"].confidence
+    assert conf[r_rows[1:]] == pytest.approx(1 / (1 + np.exp(-5.0)), rel=1e-5)
+    assert conf[r_rows[0]] == pytest.approx(1 / (1 + np.exp(-1.0)), rel=1e-5)   # 6 against 5
     assert rows["imagenet_r"] == (pytest.approx(3 / 4), 4)
     assert rows["imagenet_a"] == (pytest.approx(2 / 4), 4)
     assert rows["imagenet_v2"] == (pytest.approx(6 / 8), 8)

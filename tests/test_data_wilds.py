@@ -20,7 +20,7 @@ from sklearn.metrics import f1_score
 from pipeline.data.prepare import prepare
 from pipeline.data.shards import PreparedDataset
 from pipeline.data.sources.base import CorruptImageError, MissingDataError
-from pipeline.evaluation.official import split_rows
+from pipeline.evaluation.predict import score_logits
 
 pytestmark = pytest.mark.filterwarnings("ignore:Minimum metadata value for CombinatorialGrouper")
 
@@ -65,7 +65,7 @@ def one_hot(pred: np.ndarray, n_classes: int) -> torch.Tensor:
 
 def rows_of(data: PreparedDataset, split: str, pred: np.ndarray) -> dict[str, float]:
     """{metric: value} of the domain-``all`` rows for the crafted predictions ``pred``."""
-    rows = split_rows(data, split, one_hot(pred, data.num_classes))
+    rows = score_logits(data, {split: one_hot(pred, data.num_classes)}).rows
     return {r["metric"]: r["value"] for r in rows if r["domain"] == "all"}
 
 

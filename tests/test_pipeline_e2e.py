@@ -9,6 +9,7 @@ runners; a DVC experiment (``dvc exp run -S``) re-runs exactly the affected stag
 in ``python -m pipeline exps``. Apart: a malformed params.yaml stops both runners with one line
 and runs nothing.
 """
+import base64
 import csv
 import hashlib
 import io
@@ -130,6 +131,36 @@ def test_full_run_then_nothing_to_do_then_targeted_reruns(project):
     expected = Counter({"soup": 2, "report": 1, "paper": 1})
     assert snakemake_jobs(run_cli(*snake, "-n", cwd=root, env=env).stdout) == expected
     assert "soup--digits--tiny--seed0" in run_cli(str(BIN / "dvc"), "status", cwd=root, env=env).stdout
+
+
+def test_snakemake_report_and_dvc_plots(project, tmp_path):
+    """The ecosystem's own viewers: `snakemake --report` and `dvc plots show` on the finished run."""
+    root, env, cfg = project
+    report = tmp_path / "report.html"
+    run_cli(str(BIN / "snakemake"), "--report", str(report), cwd=root, env=env)
+    html = report.read_text()
+    assert len(html) > 200_000   # self-contained: every table and figure is embedded
+    for name in ("results.html", "freeze_embed.html", "lpft.html", "wise_ft.html", "effective_robustness.png",
+                 "id_vs_ood.png", "summary.csv", "main.pdf"):
+        assert name in html, name
+    # captions (paper/captions) and categories reach the report
+    assert "logit-linear fit" in html and "Effective robustness" in html and "Tables" in html
+    # the embedded tables are the report stage's HTML files
+    table = (root / "results/report/tables/results.html").read_bytes()
+    assert base64.b64encode(table)[:2000].decode() in html
+
+    # dvc plots: the plots: definitions of the rendered dvc.yaml, read from the workspace
+    shown = json.loads(run_cli(str(BIN / "dvc"), "plots", "show", "--json", cwd=root, env=env).stdout)["data"]
+
+    def values(plot_id: str) -> list[dict]:
+        return [v for p in shown[plot_id] for v in p["content"]["data"]["values"]]
+
+    curve = values("training curves: digits/tiny/ft_adamw")   # both seeds' history.csv, every epoch
+    assert {v["filename::field"] for v in curve} >= {"seed0/history.csv::id_val_acc", "seed1/history.csv::id_val_acc"}
+    assert {v["epoch"] for v in curve} == {"0", "1"}
+    scatter = values("results/report/id_vs_ood.csv")
+    assert {v["field"] for v in scatter} == {"ood_acc", "ood_fit"} and "lpft" in {v["row"] for v in scatter}
+    assert {"paper/figures/id_vs_ood.png", "paper/figures/effective_robustness.png"} <= set(shown)
 
 
 def test_forced_rerun_writes_the_same_bytes(project):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +14,9 @@ import pytest
 import yaml
 
 from pipeline.evaluation.metrics import COLUMNS
+from pipeline.evaluation.predictions import SplitPredictions, entry_ids, save_predictions
 from pipeline.reporting import aggregate, costs, paper, report
-from pipeline.reporting.tables import format_cell, latex_escape
+from pipeline.reporting.cells import Cell, cell_tex, latex_escape
 
 REPO = Path(__file__).resolve().parents[1]
 SEEDS = (0, 1, 2)
@@ -30,23 +32,50 @@ ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 ID_VAL_ALPHA = {"ft_adamw": (0.5, 0.5, 0.75), "lpft": (0.5, 0.5, 0.5)}
 ORACLE_ALPHA = 0.25
 ODD_LABEL = "50% & co_x"
-N_DOMAIN = {"mnist_m": 300, "sklearn_digits": 100}
+# Sizes at which every accuracy of the fixture is a whole number of examples.
+N_ID = 1000
+N_DOMAIN = {"mnist_m": 400, "sklearn_digits": 100}
+N_OOD = sum(N_DOMAIN.values())
 METHODS = [*BASE, "spd"]
 
 
 def split_rows(id_acc: float, mnist_m: float, sklearn: float, id_val: float = 0.01, ood_val: float = 0.03
                ) -> list[dict]:
     """Rows of every split; the n-weighted OOD 'all' rows are decoys the report must not use."""
-    all_ood = (N_DOMAIN["mnist_m"] * mnist_m + N_DOMAIN["sklearn_digits"] * sklearn) / 400
-    rows = [{"split": "id_val", "domain": "all", "value": id_val, "n": 500},
-            {"split": "id_test", "domain": "all", "value": id_acc, "n": 500},
-            {"split": "ood_val", "domain": "all", "value": 0.02, "n": 400},
-            {"split": "ood_test", "domain": "all", "value": all_ood, "n": 400}]
+    all_ood = (N_DOMAIN["mnist_m"] * mnist_m + N_DOMAIN["sklearn_digits"] * sklearn) / N_OOD
+    rows = [{"split": "id_val", "domain": "all", "value": id_val, "n": N_ID},
+            {"split": "id_test", "domain": "all", "value": id_acc, "n": N_ID},
+            {"split": "ood_val", "domain": "all", "value": 0.02, "n": N_OOD},
+            {"split": "ood_test", "domain": "all", "value": all_ood, "n": N_OOD}]
     for split in ("ood_val", "ood_test"):
         for d, v in (("mnist_m", mnist_m), ("sklearn_digits", sklearn)):
             rows.append({"split": split, "domain": d, "value": v if split == "ood_test" else ood_val,
                          "n": N_DOMAIN[d]})
     return rows
+
+
+def correct(acc: float, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Exactly round(acc * n) correct examples, at random places."""
+    out = np.zeros(n, dtype=bool)
+    out[rng.permutation(n)[:round(acc * n)]] = True
+    return out
+
+
+def split_predictions(id_acc: float, mnist_m: float, sklearn: float, rng: np.random.Generator) -> dict:
+    """The per-example predictions behind split_rows(id_acc, mnist_m, sklearn) on id_test and ood_test."""
+    def preds(ok: np.ndarray, domains: np.ndarray) -> SplitPredictions:
+        return SplitPredictions((~ok).astype(np.int32), np.full(len(ok), 0.75, np.float32), ok, domains)
+
+    ood = np.concatenate([correct(mnist_m, N_DOMAIN["mnist_m"], rng),
+                          correct(sklearn, N_DOMAIN["sklearn_digits"], rng)])
+    domains = np.repeat(list(N_DOMAIN), list(N_DOMAIN.values()))
+    return {"id_test": preds(correct(id_acc, N_ID, rng), np.full(N_ID, "digits")), "ood_test": preds(ood, domains)}
+
+
+def write_predictions(path: Path, entries: dict[str, tuple[dict, tuple[float, float, float]]]) -> None:
+    """entries: {entry: (ids, (id acc, mnist_m acc, sklearn acc))}; examples differ per entry."""
+    rng = np.random.default_rng(zlib.crc32(str(path).encode()))
+    save_predictions(path, {e: (entry_ids(**ids), split_predictions(*accs, rng)) for e, (ids, accs) in entries.items()})
 
 
 def frame(rows: list[dict], **ids) -> pd.DataFrame:
@@ -60,9 +89,14 @@ def wise_values(method: str, alpha: float, seed: int) -> tuple[float, float, flo
     return i - 0.1 * (1 - alpha) + 0.01 * seed, m + 0.2 * alpha * (1 - alpha) + 0.02 * seed, s
 
 
-def write_run(d: Path, method: str, hp: str, seed: int, rows: list[dict]) -> None:
+def ids(method: str, hp: str = "default", seed: int = 0, alpha: float | None = None) -> dict:
+    return {"dataset": "digits", "model": "lite0", "method": method, "hp": hp, "seed": seed, "alpha": alpha}
+
+
+def write_run(d: Path, method: str, hp: str, seed: int, accs: tuple[float, float, float], **split_kw) -> None:
     d.mkdir(parents=True)
-    frame(rows, method=method, hp=hp, seed=seed).to_csv(d / "metrics.csv", index=False)
+    frame(split_rows(*accs, **split_kw), method=method, hp=hp, seed=seed).to_csv(d / "metrics.csv", index=False)
+    write_predictions(d / "predictions.npz", {"model": (ids(method, hp, seed), accs)})
     sgd = method == "ft_sgd"
     settings = {"optimizer": "sgd" if sgd else ("spd" if method == "spd" else "adamw"),
                 "lr": 0.01 if sgd else 3e-4}
@@ -89,6 +123,7 @@ def write_inputs(root: Path) -> None:
     run_root = root / "results/digits/lite0"
     (run_root / "lp").mkdir(parents=True)
     frame(split_rows(*LP), method="lp", hp="C0.1").to_csv(run_root / "lp/metrics.csv", index=False)
+    write_predictions(run_root / "lp/predictions.npz", {"model": (ids("lp", "C0.1"), LP)})
     pd.DataFrame([{"group": g, "index": i, "n_params": 10, "grad_norm": 1.0 / (i + 1), "grad_norm_per_param": 0.1,
                    "param_norm": 1.0, "embed": i < 2, "dataset": "digits", "model": "lite0", "config_hash": "0"}
                   for i, g in enumerate(["stem", "blocks.0", "head"])]).to_csv(run_root / "grad_norms.csv",
@@ -96,10 +131,13 @@ def write_inputs(root: Path) -> None:
     for seed in SEEDS:
         for method, (i, m, s) in BASE.items():
             d = run_root / method / "default" / f"seed{seed}"
-            write_run(d, method, "default", seed, split_rows(i + 0.01 * seed, m + 0.02 * seed, s))
+            write_run(d, method, "default", seed, (i + 0.01 * seed, m + 0.02 * seed, s))
             if method not in WISE:
                 continue
             grid = {a: split_rows(*wise_values(method, a, seed)) for a in ALPHAS}
+            write_predictions(d / "wise_ft_predictions.npz",
+                              {f"alpha{a:g}": (ids(method, seed=seed, alpha=a), wise_values(method, a, seed))
+                               for a in ALPHAS})
             parts = [frame(rows, method=method, seed=seed, alpha=a, selection="grid") for a, rows in grid.items()]
             chosen = ID_VAL_ALPHA[method][seed]
             parts.append(frame(grid[chosen], method=method, seed=seed, alpha=chosen, selection="id_val"))
@@ -108,12 +146,14 @@ def write_inputs(root: Path) -> None:
             pd.concat(parts).to_csv(d / "wise_ft.csv", index=False)
         for hp, v in SPD.items():
             i, m, s = v["test"]
-            write_run(run_root / "spd" / hp / f"seed{seed}", "spd", hp, seed,
-                      split_rows(i + 0.01 * seed, m, s, id_val=v["id_val"], ood_val=v["ood_val"]))
+            write_run(run_root / "spd" / hp / f"seed{seed}", "spd", hp, seed, (i + 0.01 * seed, m, s),
+                      id_val=v["id_val"], ood_val=v["ood_val"])
         soup_dir = run_root / "soup" / f"seed{seed}"
         soup_dir.mkdir(parents=True)
         pd.concat([frame(split_rows(*v), method=name, hp="2of5", seed=seed) for name, v in SOUPS.items()]).to_csv(
             soup_dir / "metrics.csv", index=False)
+        write_predictions(soup_dir / "predictions.npz",
+                          {name: (ids(name, "2of5", seed), v) for name, v in SOUPS.items()})
 
 
 @pytest.fixture
@@ -168,8 +208,9 @@ def test_summary_matches_hand_computed(reported: Path) -> None:
     # lpft oracle (alpha 0.25): OOD = (0.6 + 0.0375 + 0.02 s + 0.8) / 2 = 0.71875 + 0.01 s.
     assert stat(summary, "lpft/wise_ft_oracle", "ood_acc") == pytest.approx((0.72875, 0.01, 3))
     assert list(dict.fromkeys(summary["row"])) == [
-        "lp", "ft_adamw", "ft_sgd", "lpft", "spd", "uniform_soup", "greedy_soup", "ft_adamw/wise_ft",
-        "lpft/wise_ft", "spd/oracle_hp", "ft_adamw/wise_ft_oracle", "lpft/wise_ft_oracle"]
+        "lp", "ft_adamw", "ft_sgd", "lpft", "spd", "uniform_soup", "greedy_soup", "ft_adamw/wise_ft_fixed",
+        "lpft/wise_ft_fixed", "ft_adamw/wise_ft", "lpft/wise_ft", "spd/oracle_hp", "ft_adamw/wise_ft_oracle",
+        "lpft/wise_ft_oracle"]
     # SPD: grid point chosen on ID val (lambda 1: ID 85, 86, 87); the oracle row uses OOD val's (lambda 0.3).
     assert stat(summary, "spd", "id_acc") == pytest.approx((0.86, 0.01, 3))
     assert stat(summary, "spd/oracle_hp", "id_acc") == pytest.approx((0.71, 0.01, 3))
@@ -208,34 +249,46 @@ def test_metrics_json_is_hierarchical(reported: Path) -> None:
     tree = json.loads(Path("results/report/metrics.json").read_text())
     assert list(tree) == ["digits"] and list(tree["digits"]) == ["lite0"]
     rows = tree["digits"]["lite0"]
-    assert set(rows) == {"lp", *METHODS, *SOUPS, *(f"{m}/wise_ft" for m in WISE),
+    assert set(rows) == {"lp", *METHODS, *SOUPS, *(f"{m}/wise_ft" for m in WISE), *(f"{m}/wise_ft_fixed" for m in WISE),
                          *(f"{m}/wise_ft_oracle" for m in WISE), "spd/oracle_hp"}
     assert rows["ft_adamw"] == {"id_acc": pytest.approx(0.91), "ood_acc": pytest.approx(0.61)}
     assert rows["lp"]["id_acc"] == pytest.approx(0.85)
 
 
+def table_row(tex: str, label: str, nth: int = 0) -> list[str]:
+    """The cells of the ``nth`` table row whose label is ``label``."""
+    line = [ln for ln in tex.splitlines() if ln.startswith(label + " & ")][nth]
+    return [c.strip() for c in line.removesuffix(r"\\").split(" & ")[1:]]
+
+
 def test_table_is_escaped_booktabs(reported: Path) -> None:
     tex = Path("paper/tables/results.tex").read_text()
     for token in (r"\toprule", r"\midrule", r"\bottomrule", r"\label{tab:results}", r"\cmidrule(lr){4-6}",
-                  r"\sbox0{\begin{tabular}{lcrrrr}", "sklearn\\_digits", "FT (AdamW) + WiSE-FT, alpha on OOD val",
-                  "SPD, grid point on OOD val", "Greedy soup",
-                  r"grid point \texttt{spd\_lambda1} chosen on ID val of 2"):
+                  r"\sbox0{\begin{tabular}{lrrrrrr}", "sklearn\\_digits", "FT (AdamW) + WiSE-FT, $\\alpha$ on OOD val",
+                  "SPD, grid point on OOD val", "Greedy soup", "grid point spd\\_lambda1 chosen on ID val of 2"):
         assert token in tex, token
-    assert "selected on OOD val" in tex and "selected on ID val" in tex and r"std over 3 seeds" in tex
+    assert "selected on OOD val" in tex and "selected on ID val" in tex and "mean over 3 seeds" in tex
     assert r"50\% \& co\_x" in tex and ODD_LABEL not in tex
-    assert r"FT (AdamW) & -- & 91.0 $\pm$ 1.0 & 61.0 $\pm$ 1.0 & 52.0 $\pm$ 2.0 & 70.0 $\pm$ 0.0 \\" in tex
-    assert r"LP & -- & 85.0 & 50.0 & 40.0 & 60.0 \\" in tex  # one seed: no std
-    assert r"FT (AdamW) + WiSE-FT & 0.58 &" in tex
-    assert r"lr 0.01 (effective 0.1)" in tex and "lr 3e-4;" in tex
+    # mean [95% interval] per cell; FT (AdamW) is the baseline (params.yaml), so it carries no mark
+    cells = table_row(tex, "FT (AdamW)")
+    assert cells[0] == "--" and cells[1].startswith(r"91.0\,{\scriptsize[") and cells[2].startswith("61.0")
+    assert [c.split("\\")[0] for c in cells[3:5]] == ["52.0", "70.0"] and not any("$^{" in c for c in cells)
+    # LP is 6 points below on ID with 1000 examples: significant; the greedy soup (+1 point ID) is not
+    assert table_row(tex, "LP")[1].endswith("$^{-}$") and not table_row(tex, "Greedy soup")[1].endswith("}$")
+    assert table_row(tex, "FT (AdamW) + WiSE-FT")[0] == "0.58"
+    assert "lr 0.01 (effective 0.1)" in tex and "lr 3e-4;" in tex
     assert "\\VAR" not in tex and "%%" not in tex
+    assert Path("paper/tables/tables.tex").read_text().splitlines()[1:] == [r"\input{tables/results}"]
 
 
 def test_latex_escape_and_cells() -> None:
     assert latex_escape(r"a_b%c&d#e$f{g}~^\ ") == (r"a\_b\%c\&d\#e\$f\{g\}\textasciitilde{}"
                                                   r"\textasciicircum{}\textbackslash{} ")
-    assert format_cell(0.91234, 0.01, 3) == r"91.2 $\pm$ 1.0"
-    assert format_cell(0.5, math.nan, 1) == "50.0"
-    assert format_cell(math.nan, math.nan, 0) == "--"
+    assert cell_tex(Cell(value=0.91234, low=0.9, high=0.925, mark="+")) == r"91.2\,{\scriptsize[90.0, 92.5]}$^{+}$"
+    assert cell_tex(Cell(value=0.5)) == "50.0"
+    assert cell_tex(Cell()) == "--"
+    assert cell_tex(Cell("published", value=98.2, delta=-0.4)) == r"98.2\,{\scriptsize($-$0.4)}"
+    assert cell_tex(Cell("number", value=-0.025)) == "$-$2.5"
 
 
 def test_metric_without_domain_rows_uses_whole_split() -> None:
@@ -324,3 +377,102 @@ def test_paper_without_latexmk(reported: Path, monkeypatch: pytest.MonkeyPatch,
     assert "latexmk not found" in err and "sudo apt-get install latexmk" in err and "make setup" in err
     assert "are written" in err
     assert not Path("paper/main.pdf").exists()
+
+
+def summary_row(row: str, quantity: str) -> pd.Series:
+    s = pd.read_csv("results/report/summary.csv")
+    hit = s[(s["row"] == row) & (s["quantity"] == quantity)]
+    assert len(hit) == 1, (row, quantity)
+    return hit.iloc[0]
+
+
+def test_intervals_cover_the_mean_and_match_the_binomial(reported: Path) -> None:
+    s = pd.read_csv("results/report/summary.csv")
+    acc = s[s["quantity"].str.match(r"^(id|ood)_acc") & s["ci_low"].notna()]
+    assert len(acc) > 40 and ((acc["ci_low"] <= acc["mean"]) & (acc["mean"] <= acc["ci_high"])).all()
+    # LP: one run, 1000 ID examples at 85%: the interval is the binomial one, about +-1.96 sqrt(p(1-p)/n)
+    lp = summary_row("lp", "id_acc")
+    assert (lp["ci_high"] - lp["ci_low"]) / 2 == pytest.approx(1.96 * math.sqrt(0.85 * 0.15 / N_ID), rel=0.2)
+    # three seeds (90, 91, 92%) are resampled too: wider than their 3000 examples alone would give
+    ft = summary_row("ft_adamw", "id_acc")
+    assert (ft["ci_high"] - ft["ci_low"]) / 2 > 1.3 * 1.96 * math.sqrt(0.91 * 0.09 / (3 * N_ID))
+    # ECE and the WiSE-FT alpha are not accuracies: no interval
+    assert summary_row("ft_adamw/wise_ft", "alpha")[["ci_low", "ci_high"]].isna().all()
+
+
+def test_paired_comparisons_with_the_baseline(reported: Path) -> None:
+    lp = summary_row("lp", "id_acc")
+    assert lp["baseline"] == "ft_adamw" and lp["delta"] == pytest.approx(0.85 - 0.91)
+    assert lp["delta_high"] < 0 and bool(lp["significant"])
+    # +4 points OOD (65% against 60, 61, 62%) on 100-400 independently drawn examples per domain: not significant;
+    # LP-FT's +10 points is
+    greedy = summary_row("greedy_soup", "ood_acc")
+    assert greedy["delta"] == pytest.approx(0.04) and not bool(greedy["significant"])
+    assert greedy["delta_low"] < 0 < greedy["delta_high"]
+    lpft = summary_row("lpft", "ood_acc")
+    assert lpft["delta"] == pytest.approx(0.10) and bool(lpft["significant"]) and lpft["delta_low"] > 0
+    assert math.isnan(summary_row("ft_adamw", "id_acc")["delta"])   # the baseline itself
+
+
+def test_effective_robustness_is_the_logit_linear_fit(reported: Path) -> None:
+    from scipy.special import expit, logit
+
+    s = pd.read_csv("results/report/summary.csv")
+    fit = pd.read_csv("results/report/effective_robustness.csv").iloc[0]
+    pts = s[s["kind"].isin(["zeroshot", "lp", "ft", "soup", "wise_ft"])].pivot_table(
+        index="row", columns="quantity", values="mean")[["id_acc", "ood_acc"]]
+    slope, intercept = np.polyfit(logit(pts["id_acc"]), logit(pts["ood_acc"]), 1)
+    assert (fit["dataset"], fit["n_points"]) == ("digits", len(pts)) == ("digits", 9)
+    assert (fit["slope"], fit["intercept"]) == pytest.approx((slope, intercept), rel=1e-5)
+    er = pts["ood_acc"] - expit(intercept + slope * logit(pts["id_acc"]))
+    assert summary_row("lpft", "er")["mean"] == pytest.approx(er["lpft"])
+    assert "er" not in set(s.loc[s["kind"] == "oracle", "quantity"])    # oracles are not fitted
+    scatter = pd.read_csv("results/report/id_vs_ood.csv").set_index("row")
+    assert scatter.loc["lpft", "id_acc"] == pytest.approx(95.0) and len(scatter) == 9
+    fig = Path("paper/figures/effective_robustness.pdf").read_bytes()
+    assert fig.startswith(b"%PDF") and Path("paper/figures/effective_robustness.png").stat().st_size > 10_000
+
+
+def test_every_layout_renders_as_latex_and_html(reported: Path) -> None:
+    html = Path("results/report/tables/results.html").read_text()
+    assert "<table>" in html and "91.0 <small>[" in html and "50% &amp; co_x" in html
+    fe = Path("paper/tables/freeze_embed.tex").read_text()
+    assert r"\textbf{lite0} & \multicolumn{2}{c}{digits} & \multicolumn{2}{c}{Avg.} \\" in fe
+    assert table_row(fe, "FT (AdamW)")[0].startswith("91.0")
+    lpft = Path("paper/tables/lpft.tex").read_text()
+    assert r"\textbf{ID accuracy}" in lpft and r"\textbf{OOD accuracy}" in lpft
+    assert [c[:4] for c in table_row(lpft, "LP-FT")] == ["95.0", "95.0"]
+    assert [c[:4] for c in table_row(lpft, "LP-FT", 1)] == ["62.0", "80.0", "71.0"]
+    wise = Path("paper/tables/wise_ft.tex").read_text()
+    labels = [ln.split(" & ")[0] for ln in wise.splitlines() if " & " in ln and not ln.startswith(r"\textbf")]
+    assert labels[1:5] == ["FT (AdamW)", r"FT (AdamW) + WiSE-FT, $\alpha$ 0.5", "FT (AdamW) + WiSE-FT",
+                           "LP-FT"]
+    # WiSE-FT at alpha 0.5, seed s: ID 0.85 + 0.01 s -> 86.0
+    assert table_row(wise, r"FT (AdamW) + WiSE-FT, $\alpha$ 0.5")[0].startswith("86.0")
+
+
+def test_published_values_sit_beside_the_results(project: Path) -> None:
+    Path("paper/reference").mkdir(parents=True)
+    Path("paper/reference/demo.yaml").write_text(yaml.safe_dump({"paper": "Someone et al. 2099", "tables": [
+        {"source": "Table 1", "side": "id", "values": {"lite0": {"ft_adamw": {"digits": 90.0, "average": 90.5}}}},
+        {"source": "Table 2", "side": "ood", "values": {"lite0": {"ft_adamw": {"digits": 65.0}}}}]}))
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    params["report"].update(tables=["freeze_embed", "results"], reference=["paper/reference/demo.yaml"])
+    Path("params.yaml").write_text(yaml.safe_dump(params))
+    assert report.main([]) == 0
+    fe = Path("paper/tables/freeze_embed.tex").read_text().splitlines()
+    ours = next(i for i, ln in enumerate(fe) if ln.startswith("FT (AdamW) & "))
+    published = fe[ours + 1]
+    assert published.startswith(r"\quad{\scriptsize\emph{published: Someone et al. 2099}}")
+    # ours 91.0 / 61.0 / average 91.0: the differences are +1.0, -4.0, +0.5
+    assert published.split(" & ")[1:] == [r"90.0\,{\scriptsize($+$1.0)}", r"65.0\,{\scriptsize($-$4.0)}",
+                                           r"90.5\,{\scriptsize($+$0.5)}", r"-- \\"]
+    assert Path("paper/tables/tables.tex").read_text().splitlines()[1:] == [r"\input{tables/freeze_embed}",
+                                                                           r"\input{tables/results}"]
+
+
+def test_stale_predictions_stop_the_report(project: Path) -> None:
+    run = Path("results/digits/lite0/ft_adamw/default/seed1")
+    write_predictions(run / "predictions.npz", {"model": (ids("ft_adamw", seed=1), (0.5, 0.5, 0.5))})
+    with pytest.raises(ValueError, match="ft_adamw/default/1 give id_test accuracy 0.500000 but its metrics say"):
+        report.main([])

@@ -33,7 +33,7 @@ from test_pipeline_e2e import copy_project, snakemake_jobs
 BIN = Path(PYTHON).parent
 SCRIPTS = REPO / "tests" / "slurm"
 PROFILE = REPO / "profiles" / "slurm"
-GPU_STAGES = {"features", "finetune", "evaluate", "wise_ft", "soup"}
+GPU_STAGES = {"features", "zeroshot", "finetune", "evaluate", "wise_ft", "soup"}
 LOCK = Path("/tmp/robust-ft-pipeline-slurm-test.lock")   # one Slurm test session at a time per machine
 TIMINGS: dict[str, float] = {}
 

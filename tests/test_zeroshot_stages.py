@@ -36,6 +36,7 @@ def clip_params(workdir: Path) -> dict:
     cfg["wise_ft"] = {"alphas": [0.0, 0.5, 1.0], "methods": ["zs_adamw"]}
     cfg["soups"] = {"methods": ["zs_adamw", "zs_sgd"]}
     cfg["report"]["labels"] = {"zs_adamw": "FT (AdamW) from zero-shot", "zs_sgd": "FT (SGD) from zero-shot"}
+    cfg["report"].update(baseline="zeroshot", tables=["wise_ft", "results"])
     return cfg
 
 
@@ -86,6 +87,18 @@ def test_zero_shot_head_wise_ft_soup_and_report(ran):
     table = Path("paper/tables/results.tex").read_text()
     assert "Zero-shot &" in table and table.index("Zero-shot &") < table.index("LP &")
     assert Path("paper/figures/id_vs_ood.pdf").stat().st_size > 1000
+    # the WiSE-FT paper's table: zero-shot, fine-tuned, WiSE-FT at alpha 0.5 and at alpha on ID val
+    wise = Path("paper/tables/wise_ft.tex").read_text()
+    labels = [ln.split(" & ")[0] for ln in wise.splitlines()
+              if " & " in ln and not ln.startswith(("\\textbf", "Model"))]
+    assert labels == ["Zero-shot", "FT (AdamW) from zero-shot", r"FT (AdamW) from zero-shot + WiSE-FT, $\alpha$ 0.5",
+                      "FT (AdamW) from zero-shot + WiSE-FT"]
+    assert Path("paper/tables/tables.tex").read_text().splitlines()[1] == r"\input{tables/wise_ft}"
+    # every run's predictions are saved once, and the zero-shot model is the comparisons' baseline
+    assert (RUN / "zeroshot/predictions.npz").is_file()
+    assert (RUN / "zs_adamw/default/seed0/wise_ft_predictions.npz").is_file()
+    summary = pd.read_csv("results/report/summary.csv")
+    assert set(summary.loc[summary["delta"].notna(), "baseline"]) == {"zeroshot"}
 
 
 def test_zero_shot_errors_are_one_line_before_any_job(tiny_workdir, monkeypatch):

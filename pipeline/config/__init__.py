@@ -2,7 +2,8 @@
 
 Below the stage registry and above the method registry: this package reads
 :mod:`pipeline.methods.registry` (pure data) and the dataset sources' specs
-(:mod:`pipeline.data.sources`), and nothing that imports torch.
+(:mod:`pipeline.data.sources`), the table layouts' names and the reference files' format
+(:mod:`pipeline.reporting`: its registry and reader, pure data), and nothing that imports torch.
 """
 from pipeline.config.load import DEFAULT_PARAMS, ParamsError, config_hash, load_params, lookup, validate
 

@@ -20,6 +20,7 @@ import yaml
 from pipeline.config.schema import full_schema
 from pipeline.config.settings import grid_points, resolve_settings
 from pipeline.methods.registry import optimizer_only, owners
+from pipeline.reporting.reference import ReferenceFileError, check_names, load_reference
 
 DEFAULT_PARAMS = "params.yaml"
 
@@ -108,6 +109,7 @@ def validate(cfg: Any, source: str = DEFAULT_PARAMS) -> dict:
         for i, name in enumerate((cfg.get(section) or {}).get("methods", [])):
             if name not in exp["methods"]:
                 raise ParamsError(f"{source}: {section}.methods[{i}]: {name!r} is not in experiment.methods")
+    _check_report(cfg, source)
     soup = [m for m in (cfg.get("soups") or {}).get("methods", []) if m in cfg["methods"]]
     inits = {cfg["methods"][m]["init"] for m in soup}
     if len(inits) > 1:
@@ -115,6 +117,27 @@ def validate(cfg: Any, source: str = DEFAULT_PARAMS) -> dict:
         raise ParamsError(f"{source}: soups.methods: ingredients must share an initialisation, but their `init` "
                           f"values differ ({found})")
     return cfg
+
+
+def _check_report(cfg: dict, source: str) -> None:
+    report, exp = cfg.get("report") or {}, cfg["experiment"]
+    base = report.get("baseline")
+    if base is not None and base not in (*exp["methods"], "lp", "zeroshot"):
+        raise ParamsError(f"{source}: report.baseline: {base!r} is not in experiment.methods (nor lp or zeroshot)")
+    for name in report.get("quantities") or {}:
+        if name not in exp["datasets"]:
+            raise ParamsError(f"{source}: report.quantities.{name}: not in experiment.datasets")
+    for i, path in enumerate(report.get("reference") or []):
+        if not Path(path).is_file():
+            raise ParamsError(f"{source}: report.reference[{i}]: {path} not found")
+    try:
+        check_names(load_reference(report.get("reference") or []), exp, "report.reference")
+    except ReferenceFileError as e:
+        raise ParamsError(f"{source}: {e}") from None
+    alpha = report.get("wise_ft_alpha")
+    alphas = (cfg.get("wise_ft") or {}).get("alphas") or []
+    if alpha is not None and (cfg.get("wise_ft") or {}).get("methods", True) and alpha not in alphas:
+        raise ParamsError(f"{source}: report.wise_ft_alpha: {alpha} is not in wise_ft.alphas {alphas}")
 
 
 def _check_dataset(name: str, ds: dict, source: str) -> None:

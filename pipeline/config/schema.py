@@ -2,7 +2,8 @@
 
 The YAML file holds the structure of params.yaml. What belongs to a method or to the training
 loop is defined once in Python, next to its default, and filled in here: the ``init`` and
-``optimizer`` enums and every component key (:mod:`pipeline.methods.registry`), the training
+``optimizer`` enums and every component key (:mod:`pipeline.methods.registry`), the table layouts
+(:mod:`pipeline.reporting.layouts`), the training
 loop's keys (:data:`pipeline.config.settings.TRAIN_KEYS`, allowed under ``finetune``,
 ``datasets.<d>.finetune`` and ``methods.<m>``), and the keys a ``grid`` may sweep.
 ``python -m pipeline schema`` prints the result.
@@ -17,6 +18,7 @@ import yaml
 
 from pipeline.config.settings import TRAIN_KEYS, sweepable
 from pipeline.methods.registry import INITS, KEYS, OPTIMIZERS
+from pipeline.reporting.layouts import LAYOUTS
 
 SCHEMA_PATH = Path(__file__).parent / "params.schema.yaml"
 
@@ -38,6 +40,7 @@ def _schema() -> dict:
     method.update(train)
     method.update({k: v.schema for k, v in KEYS.items()})
     method["grid"]["properties"].update({k: _grid_of(v.schema) for k, v in sweepable().items()})
+    props["report"]["properties"]["tables"]["items"] = {"enum": list(LAYOUTS)}
     return schema
 
 

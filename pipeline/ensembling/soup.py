@@ -12,8 +12,9 @@ seed start from the same weights), which is what makes averaging them meaningful
 
 Inputs: ``data/prepared/{dataset}``, each ingredient's ``model.safetensors`` and ``metrics.csv``.
 Outputs in ``results/{dataset}/{model}/soup/seed{seed}/``: ``metrics.csv`` (tidy rows of
-methods ``uniform_soup`` and ``greedy_soup``; ``hp`` says how many ingredients) and
-``soup.json`` (ingredients in greedy order, their ID-val accuracy, which were kept).
+methods ``uniform_soup`` and ``greedy_soup``; ``hp`` says how many ingredients), their
+per-example ``predictions.npz`` (one entry per soup) and ``soup.json`` (ingredients in greedy
+order, their ID-val accuracy, which were kept).
 Params: ``soups.methods``, ``evaluate`` (batch size, precision), ``models.{model}``.
 """
 from __future__ import annotations
@@ -27,6 +28,7 @@ import torch
 from pipeline.data.shards import PreparedDataset
 from pipeline.evaluation.metrics import ALL_DOMAINS, read_tidy, tidy
 from pipeline.evaluation.predict import evaluate_model
+from pipeline.evaluation.predictions import entry_ids, save_predictions
 from pipeline.io import write_csv, write_json
 from pipeline.job import parse_job
 from pipeline.models.backbone import default_device, load_state, model_from_config, normalization
@@ -117,16 +119,17 @@ def main(argv: list[str] | None = None) -> int:
 
     def score(state: State) -> float:
         model.load_state_dict(state, strict=True)
-        rows = evaluate_model(model, data, mean, std, splits=[val_split], **inference)
-        return next(r["value"] for r in rows if r["domain"] == ALL_DOMAINS)
+        return evaluate_model(model, data, mean, std, splits=[val_split], **inference).value(val_split)
 
     greedy, kept, greedy_val = greedy_soup(ingredients(), scores[order[0]], score)
-    frames = []
+    frames, predictions = [], {}
     for name, state, n in (("uniform_soup", uniform.state(), len(paths)), ("greedy_soup", greedy, sum(kept))):
         model.load_state_dict(state, strict=True)
-        rows = evaluate_model(model, data, mean, std, **inference)
-        frames.append(tidy(rows, dataset=wc["dataset"], model=wc["model"], method=name, hp=f"{n}of{len(paths)}",
-                           seed=job.seed, config_hash=job.config_hash))
+        result = evaluate_model(model, data, mean, std, **inference)
+        ids = entry_ids(wc["dataset"], wc["model"], name, f"{n}of{len(paths)}", job.seed)
+        frames.append(tidy(result.rows, **ids, config_hash=job.config_hash))
+        predictions[name] = (ids, result.predictions)
+    save_predictions(job.outputs["predictions"], predictions)
     write_csv(job.outputs["metrics"], pd.concat(frames, ignore_index=True))
     write_json(job.outputs["soup"], {
         **wc, "config_hash": job.config_hash, "selection_split": val_split, "greedy_id_val_acc": greedy_val,

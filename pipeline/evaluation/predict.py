@@ -1,12 +1,28 @@
-"""A model's metric rows on the evaluation splits of a prepared dataset."""
+"""A model's metric rows and per-example predictions on the evaluation splits of a prepared dataset."""
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from pipeline.data.shards import PreparedDataset
 from pipeline.evaluation.official import split_rows
+from pipeline.evaluation.predictions import SplitPredictions, split_predictions
 from pipeline.models.inference import predict_logits
+
+
+@dataclass
+class Evaluation:
+    """Tidy metric rows (without ids) and the predictions they were computed from, per split."""
+
+    rows: list[dict] = field(default_factory=list)
+    predictions: dict[str, SplitPredictions] = field(default_factory=dict)
+
+    def value(self, split: str, metric: str = "acc") -> float:
+        """A metric of a whole split (domain ``all``)."""
+        return next(r["value"] for r in self.rows if r["split"] == split and r["domain"] == "all"
+                    and r["metric"] == metric)
 
 
 def eval_splits(data: PreparedDataset) -> list[str]:
@@ -14,22 +30,27 @@ def eval_splits(data: PreparedDataset) -> list[str]:
     return [s for s in data.split_names if s != data.info.get("train_split", "train")]
 
 
+def score_logits(data: PreparedDataset, logits: dict[str, torch.Tensor]) -> Evaluation:
+    """Rows and predictions from each split's logits."""
+    out = Evaluation()
+    for name, split_logits in logits.items():
+        p = split_predictions(data, name, split_logits)
+        out.predictions[name] = p
+        out.rows += split_rows(data, name, p)
+    return out
+
+
 def evaluate_model(model: nn.Module, data: PreparedDataset, mean, std, batch_size: int = 256,
-                   splits: list[str] | None = None, precision: str = "auto") -> list[dict]:
-    """Metric rows (split x domain x metric) of ``model`` on the evaluation splits.
+                   splits: list[str] | None = None, precision: str = "auto") -> Evaluation:
+    """Metric rows (split x domain x metric) and predictions of ``model`` on the evaluation splits.
 
     A split stored once under two names (an alias) is predicted once.
     """
-    names = splits or eval_splits(data)
-    shared = {data.physical(n) for n in names if data.physical(n) != n}
     cache: dict[str, torch.Tensor] = {}
-    rows: list[dict] = []
-    for name in names:
+    logits = {}
+    for name in splits or eval_splits(data):
         stored = data.physical(name)
-        logits = cache.get(stored)
-        if logits is None:
-            logits = predict_logits(model, data.split(stored).images, mean, std, batch_size, precision)
-            if stored in shared:
-                cache[stored] = logits
-        rows += split_rows(data, name, logits)
-    return rows
+        if stored not in cache:
+            cache[stored] = predict_logits(model, data.split(stored).images, mean, std, batch_size, precision)
+        logits[name] = cache[stored]
+    return score_logits(data, logits)

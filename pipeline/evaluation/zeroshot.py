@@ -9,7 +9,7 @@ Outputs in ``results/{dataset}/{model}/zeroshot/``:
   head that ``init: zeroshot`` fine-tunes start from and that WiSE-FT's pretrained endpoint
   carries (:mod:`pipeline.methods.init_zeroshot`);
 * ``metrics.csv``: tidy metric rows of the zero-shot model (``method=zeroshot``) on every split
-  but train, the report's "Zero-shot" row.
+  but train, the report's "Zero-shot" row; ``predictions.npz``: its per-example predictions.
 
 The class names and templates are the dataset source's (``pipeline/data/prompts/<source>.yaml``).
 Runs for every OpenCLIP model and dataset whose source has them.
@@ -23,6 +23,7 @@ from pipeline.data.prompts import prompts_for
 from pipeline.data.shards import PreparedDataset
 from pipeline.evaluation.metrics import tidy
 from pipeline.evaluation.predict import evaluate_model
+from pipeline.evaluation.predictions import SINGLE, entry_ids, save_predictions
 from pipeline.io import write_csv
 from pipeline.job import parse_job
 from pipeline.methods.init_zeroshot import init_head
@@ -47,9 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     init_head(model, {"zeroshot_head": job.outputs["head"]})
     model = model.to(device).eval()
     mean, std = normalization(model)
-    rows = evaluate_model(model, data, mean, std, **inference_options(job.params.get("evaluate")))
-    write_csv(job.outputs["metrics"], tidy(rows, dataset=wc["dataset"], model=wc["model"], method="zeroshot",
-                                           hp=f"{len(templates)}templates", seed=0, config_hash=job.config_hash))
+    result = evaluate_model(model, data, mean, std, **inference_options(job.params.get("evaluate")))
+    ids = entry_ids(wc["dataset"], wc["model"], "zeroshot", f"{len(templates)}templates", 0)
+    save_predictions(job.outputs["predictions"], {SINGLE: (ids, result.predictions)})
+    write_csv(job.outputs["metrics"], tidy(result.rows, **ids, config_hash=job.config_hash))
     log.info("zero-shot head of %s for %s: %d classes x %d templates", wc["model"], wc["dataset"], len(names),
              len(templates))
     return 0

@@ -8,6 +8,8 @@ model-selection outcome:
 * ``ft``: each fine-tuning method at the grid point chosen on ID val;
 * ``soup``: the uniform and greedy soups;
 * ``wise_ft``: WiSE-FT of the chosen grid point, alpha chosen on ID val;
+* ``wise_ft_fixed``: the same at the fixed alpha ``report.wise_ft_alpha`` (default 0.5, the
+  WiSE-FT paper's choice without validation data), when the alpha grid holds it;
 * reported apart as oracles (not valid selection rules): ``hp_oracle``, the grid
   point chosen on OOD val (methods with more than one grid point), and
   ``oracle``, WiSE-FT with alpha chosen on OOD val.
@@ -31,15 +33,31 @@ import pandas as pd
 from pipeline.evaluation.metrics import ALL_DOMAINS, SORT_COLUMNS, read_tidy, sort_results  # noqa: F401 (re-exported)
 
 # Table row kinds, in table order.
-KINDS = ("zeroshot", "lp", "ft", "soup", "wise_ft", "hp_oracle", "oracle")
-ROW_SUFFIX = {"zeroshot": "", "lp": "", "ft": "", "soup": "", "wise_ft": "/wise_ft", "hp_oracle": "/oracle_hp",
-              "oracle": "/wise_ft_oracle"}
+KINDS = ("zeroshot", "lp", "ft", "soup", "wise_ft_fixed", "wise_ft", "hp_oracle", "oracle")
+ROW_SUFFIX = {"zeroshot": "", "lp": "", "ft": "", "soup": "", "wise_ft_fixed": "/wise_ft_fixed", "wise_ft": "/wise_ft",
+              "hp_oracle": "/oracle_hp", "oracle": "/wise_ft_oracle"}
+WISE_FT_ALPHA = 0.5
 LP_METHOD = "lp"
 ZEROSHOT_METHOD = "zeroshot"   # an OpenCLIP model with its zero-shot head (pipeline.evaluation.zeroshot)
 SOUP_METHODS = ("uniform_soup", "greedy_soup")
 DEFAULT_LABELS = {"lp": "LP", "zeroshot": "Zero-shot", "uniform_soup": "Uniform soup", "greedy_soup": "Greedy soup"}
 SUMMARY_COLUMNS = ["dataset", "model", "kind", "method", "row", "label", "hp", "quantity", "mean", "std", "n"]
 SELECTION_DEFAULTS = {"val_split": "id_val", "ood_val_split": "ood_val", "selection_metric": "acc"}
+
+
+def headline(cfg: dict, dataset: str, side: str) -> str:
+    """A dataset's headline ID or OOD quantity: ``report.quantities`` (default ``id_acc`` / ``ood_acc``).
+
+    E.g. Waterbirds' worst-group accuracy ``ood_acc_wg`` or FMoW's worst region ``ood_acc/Africa``.
+    """
+    return ((cfg.get("quantities") or {}).get(dataset) or {}).get(side, f"{side}_acc")
+
+
+def parse_quantity(quantity: str) -> tuple[str, str, str | None]:
+    """``ood_acc/Africa`` -> (``ood``, ``acc``, ``Africa``)."""
+    side, rest = quantity.split("_", 1)
+    metric, _, domain = rest.partition("/")
+    return side, metric, domain or None
 
 
 def read_runs(paths: list[str]) -> pd.DataFrame:
@@ -56,10 +74,11 @@ def read_runs(paths: list[str]) -> pd.DataFrame:
                                        "frozen_fraction", "selected_epoch"])
 
 
-def row_label(kind: str, method: str, labels: dict[str, str]) -> str:
+def row_label(kind: str, method: str, labels: dict[str, str], fixed_alpha: float = WISE_FT_ALPHA) -> str:
     """Display name of a table row, e.g. ``FT (AdamW) + WiSE-FT (alpha on OOD val)``."""
     base = labels.get(method, DEFAULT_LABELS.get(method, method))
     return {"zeroshot": base, "lp": base, "ft": base, "soup": base, "wise_ft": f"{base} + WiSE-FT",
+            "wise_ft_fixed": f"{base} + WiSE-FT, alpha {fixed_alpha:g}",
             "hp_oracle": f"{base}, grid point on OOD val", "oracle": f"{base} + WiSE-FT, alpha on OOD val"}[kind]
 
 
@@ -89,16 +108,18 @@ def select_grid_points(df: pd.DataFrame, report_cfg: dict) -> pd.DataFrame:
     return pd.DataFrame(out, columns=["dataset", "model", "method", "id_hp", "ood_hp", "n_points"])
 
 
-def assign_rows(df: pd.DataFrame, chosen: pd.DataFrame) -> pd.DataFrame:
+def assign_rows(df: pd.DataFrame, chosen: pd.DataFrame, fixed_alpha: float = WISE_FT_ALPHA) -> pd.DataFrame:
     """The tidy rows of every table row, with ``kind`` and ``row`` added."""
     key = ["dataset", "model", "method"]
     m = df.merge(chosen, on=key, how="left")
     plain, swept = m["selection"] == "", m["n_points"].fillna(1) > 1
+    fixed = (m["selection"] == "grid") & ((m["alpha"] - fixed_alpha).abs() < 1e-9)
     parts = [
         m[m["method"] == ZEROSHOT_METHOD].assign(kind="zeroshot"),
         m[m["method"] == LP_METHOD].assign(kind="lp"),
         m[plain & m["method"].isin(SOUP_METHODS)].assign(kind="soup"),
         m[plain & (m["hp"] == m["id_hp"])].assign(kind="ft"),
+        m[fixed & (m["hp"] == m["id_hp"])].assign(kind="wise_ft_fixed"),
         m[(m["selection"] == "id_val") & (m["hp"] == m["id_hp"])].assign(kind="wise_ft"),
         m[plain & swept & (m["hp"] == m["ood_hp"])].assign(kind="hp_oracle"),
         m[(m["selection"] == "ood_val_oracle") & (m["hp"] == m["id_hp"])].assign(kind="oracle"),
@@ -139,16 +160,18 @@ def summarise(df: pd.DataFrame, report_cfg: dict, methods: list[str] | None = No
     """
     id_split, ood_split = report_cfg.get("id_split", "id_test"), report_cfg.get("ood_split", "ood_test")
     chosen = select_grid_points(df, report_cfg) if chosen is None else chosen
-    rows = assign_rows(df, chosen)
+    fixed_alpha = float(report_cfg.get("wise_ft_alpha", WISE_FT_ALPHA))
+    rows = assign_rows(df, chosen, fixed_alpha)
     keys = ["dataset", "model", "kind", "method", "row"]
     long = per_seed_scores(rows, keys + ["seed"], id_split, ood_split)
-    alphas = (rows[rows["kind"].isin(["wise_ft", "oracle"])].groupby(keys + ["seed"], sort=False)["alpha"]
-              .first().reset_index().rename(columns={"alpha": "value"}).assign(quantity="alpha"))
+    mixed = rows[rows["kind"].isin(["wise_ft_fixed", "wise_ft", "oracle"])]
+    alphas = (mixed.groupby(keys + ["seed"], sort=False)["alpha"].first().reset_index()
+              .rename(columns={"alpha": "value"}).assign(quantity="alpha"))
     summary = _mean_std_n(pd.concat([long, alphas], ignore_index=True), keys)
     hps = rows.groupby(keys, sort=False)["hp"].agg(lambda v: ",".join(dict.fromkeys(v))).rename("hp")
     summary = summary.merge(hps.reset_index(), on=keys, how="left")
     labels = report_cfg.get("labels") or {}
-    summary["label"] = [row_label(k, m, labels) for k, m in zip(summary["kind"], summary["method"])]
+    summary["label"] = [row_label(k, m, labels, fixed_alpha) for k, m in zip(summary["kind"], summary["method"])]
     order = _method_order(summary["method"], [*(methods or []), *SOUP_METHODS])
     summary = summary.assign(_k=summary["kind"].map(KINDS.index), _m=summary["method"].map(order))
     summary = summary.sort_values(["dataset", "model", "_k", "_m", "quantity"], kind="stable")

@@ -1,4 +1,4 @@
-"""The ID-vs-OOD accuracy figure: methods as points, WiSE-FT curves as lines.
+"""The ID-vs-OOD figures: methods as points with WiSE-FT curves, and the effective-robustness fit.
 
 Built on :class:`matplotlib.figure.Figure` without pyplot, so no GUI backend or
 global figure state is involved (PDF and PNG are drawn by the non-interactive
@@ -14,10 +14,12 @@ from pathlib import Path
 
 import matplotlib
 import matplotlib.style
+import matplotlib.ticker
 import pandas as pd
 from matplotlib.figure import Figure
 
 from pipeline.io import atomic_path
+from pipeline.reporting.robustness import points, predicted_ood
 
 STYLE = {"font.size": 9, "axes.titlesize": 9, "axes.labelsize": 9, "legend.fontsize": 7, "xtick.labelsize": 8,
          "ytick.labelsize": 8, "axes.grid": True, "grid.alpha": 0.3, "lines.linewidth": 1.2,
@@ -85,13 +87,17 @@ def id_vs_ood_figure(summary: pd.DataFrame, curves: pd.DataFrame, methods: list[
             ax.set_title(f"{dataset} / {model}")
             ax.set_xlabel("ID accuracy (%)")
             ax.set_ylabel("OOD accuracy (%, mean over domains)")
-        # One legend for all panels, outside the axes so it never hides a point.
-        entries: dict = {}
-        for ax in axes:
-            for handle, label in zip(*ax.get_legend_handles_labels()):
-                entries.setdefault(label, handle)
-        fig.legend(list(entries.values()), list(entries), loc="outside right upper", frameon=False)
+        _shared_legend(fig, axes)
     return fig
+
+
+def _shared_legend(fig: Figure, axes) -> None:
+    """One legend for all panels (each label once), outside the axes so it never hides a point."""
+    entries: dict = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            entries.setdefault(label, handle)
+    fig.legend(list(entries.values()), list(entries), loc="outside right upper", frameon=False)
 
 
 def save_figure(fig: Figure, pdf: str | Path, png: str | Path | None = None) -> None:
@@ -103,3 +109,51 @@ def save_figure(fig: Figure, pdf: str | Path, png: str | Path | None = None) -> 
         if png is not None:
             with atomic_path(png) as tmp:
                 fig.savefig(tmp, format="png", dpi=PNG_DPI, metadata=PNG_METADATA)
+
+
+def effective_robustness_figure(summary: pd.DataFrame, fits: pd.DataFrame) -> Figure:
+    """Per dataset: OOD against ID accuracy on logit axes, every model and method, and the linear fit."""
+    datasets = list(fits["dataset"]) or ["(none)"]
+    with matplotlib.style.context(["default", STYLE]):
+        fig = Figure(figsize=(3.6 * len(datasets) + 1.9, 3.2), layout="constrained")
+        axes = fig.subplots(1, len(datasets), squeeze=False)[0]
+        palette = matplotlib.color_sequences["tab10"]
+        for ax, fit in zip(axes, fits.itertuples(index=False)):
+            pts = points(summary, fit.dataset, fit.id_quantity, fit.ood_quantity)
+            models = list(dict.fromkeys(pts["model"]))
+            methods = list(dict.fromkeys(pts["method"]))
+            for p in pts.itertuples(index=False):
+                # colour: the method (as in the ID-vs-OOD figure); marker: the kind of row
+                color = LP_COLOR if p.kind in ("lp", "zeroshot") else palette[methods.index(p.method) % len(palette)]
+                ax.plot(p.id, p.ood, MARKERS.get(p.kind, "o"), ms=5, color=color, mec="white", mew=0.5,
+                        label=f"{p.model}: {p.label}" if len(models) > 1 else p.label, zorder=3)
+            if not math.isnan(fit.slope):
+                lo, hi = pts["id"].min(), pts["id"].max()
+                xs = [lo + (hi - lo) * i / 50 for i in range(51)]
+                ax.plot(xs, predicted_ood(xs, fit.slope, fit.intercept), "--", color="grey", zorder=2,
+                        label=f"fit: logit OOD = {fit.slope:.2f} logit ID {fit.intercept:+.2f}")
+            ax.set_xscale("logit")
+            ax.set_yscale("logit")
+            for axis in (ax.xaxis, ax.yaxis):
+                axis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{100 * v:g}"))
+                axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+            ax.set_title(fit.dataset)
+            ax.set_xlabel(f"ID accuracy (%, {fit.id_quantity}, logit axis)")
+            ax.set_ylabel(f"OOD accuracy (%, {fit.ood_quantity}, logit axis)")
+        _shared_legend(fig, axes)
+    return fig
+
+
+def scatter_table(summary: pd.DataFrame, fits: pd.DataFrame) -> pd.DataFrame:
+    """The points of the effective-robustness figure as a table (``dvc plots`` draws its scatter from it)."""
+    frames = []
+    for fit in fits.itertuples(index=False):
+        pts = points(summary, fit.dataset, fit.id_quantity, fit.ood_quantity)
+        fitted = (predicted_ood(pts["id"], fit.slope, fit.intercept) if not math.isnan(fit.slope)
+                  else [math.nan] * len(pts))
+        frames.append(pd.DataFrame({"dataset": fit.dataset, "model": pts["model"], "row": pts["row"],
+                                    "label": pts["label"], "kind": pts["kind"], "id_acc": 100 * pts["id"],
+                                    "ood_acc": 100 * pts["ood"], "ood_fit": 100 * pd.Series(fitted, dtype=float)
+                                    .to_numpy()}))
+    cols = ["dataset", "model", "row", "label", "kind", "id_acc", "ood_acc", "ood_fit"]
+    return pd.concat(frames, ignore_index=True)[cols] if frames else pd.DataFrame(columns=cols)

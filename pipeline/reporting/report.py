@@ -1,29 +1,33 @@
-"""Stage ``report``: tidy results, the LaTeX table, the ID-vs-OOD figure, dvc metrics.
+"""Stage ``report``: tidy results, intervals and comparisons, the paper's tables and figures, dvc metrics.
 
 Inputs:
-  ``lp``        ``results/{dataset}/{model}/lp/metrics.csv`` of every dataset/model
-  ``zeroshot``  ``results/{dataset}/{model}/zeroshot/metrics.csv`` of every OpenCLIP model/dataset
-  ``evaluate``  ``results/{dataset}/{model}/{method}/{hp}/seed{seed}/metrics.csv`` of every run
-  ``wise_ft``   ``.../seed{seed}/wise_ft.csv`` (alpha grid, plus the alphas chosen on ID val
-                and, as an oracle, on OOD val)
-  ``soup``      ``results/{dataset}/{model}/soup/seed{seed}/metrics.csv`` (uniform and greedy soups)
-  ``runs``      ``.../seed{seed}/run.json`` (optimizer and learning rates for the table's note)
+  ``lp``, ``zeroshot``, ``evaluate``, ``wise_ft``, ``soup``  the tidy metric CSVs of every job
+                (``results/{dataset}/{model}/...``; WiSE-FT: the alpha grid plus the alphas chosen
+                on ID val and, as an oracle, on OOD val)
+  ``predictions`` every job's ``predictions.npz`` (per-example predictions, for the intervals)
+  ``runs``      ``.../seed{seed}/run.json`` (optimizer and learning rates for the tables' notes)
   ``layers``    ``.../seed{seed}/layers.csv`` (per-layer change and SPD activity)
   ``grad_norms`` ``results/{dataset}/{model}/grad_norms.csv`` (freeze-embed analysis)
-  ``templates`` every table template of ``paper/templates/`` but the LP-FT theory one
+  ``templates`` the table layouts' templates (:mod:`pipeline.reporting.layouts`)
+  ``reference`` ``report.reference``: published numbers (:mod:`pipeline.reporting.reference`)
 Outputs:
   ``results``    ``results/report/results.csv``: every tidy row, concatenated and sorted
-  ``metrics``    ``results/report/metrics.json``: ``{dataset: {model: {row: {id_acc, ood_acc}}}}``
+  ``summary``    ``results/report/summary.csv``: one row per table row and quantity: mean, std, n
+                 over seeds, 95% interval, paired difference from the baseline; quantity ``er`` is the
+                 effective robustness
+  ``effective_robustness`` ``results/report/effective_robustness.csv``: the fit per dataset
+  ``scatter``    ``results/report/id_vs_ood.csv``: the fit's points, for ``dvc plots``
+  ``metrics``    ``results/report/metrics.json``: ``{dataset: {model: {row: {id_acc, ood_acc, ...}}}}``
                  (means over seeds, fractions) for ``dvc metrics show``
-  ``table_<name>`` ``paper/tables/<name>.tex`` from ``paper/templates/<name>.tex.j2`` (the results
-                 table: ``results``, ``\\label{tab:results}``)
-  ``figure``     ``paper/figures/id_vs_ood.pdf``; ``figure_png`` the same as PNG for ``dvc plots``
-  ``grad_norms`` ``paper/figures/grad_norms.pdf``: per-layer gradient norms at the start of fine-tuning
-  ``layers``     ``paper/figures/layers.pdf``: per-layer change from pretrained, SPD activity
-Params: ``report.title``, ``report.labels`` ({method: display name}), ``report.id_split``
-(default ``id_test``), ``report.ood_split`` (default ``ood_test``), and the selection
-split and metric of grid points (``val_split``, ``ood_val_split``, ``selection_metric``);
-``experiment.methods`` orders the rows.
+  ``table_<layout>`` ``paper/tables/<layout>.tex`` and ``html_<layout>``
+                 ``results/report/tables/<layout>.html``, for every layout; ``tables``
+                 ``paper/tables/tables.tex`` inputs those of ``report.tables``
+  ``figure``     ``paper/figures/id_vs_ood.pdf`` (``figure_png``: PNG); ``er_figure``
+                 ``paper/figures/effective_robustness.pdf`` (``er_figure_png``)
+  ``grad_norms`` ``paper/figures/grad_norms.pdf``; ``layers`` ``paper/figures/layers.pdf``
+Params: ``report`` (title, labels, splits and selection, ``tables``, ``baseline``, ``quantities``,
+``reference``, ``bootstrap``, ``wise_ft_alpha``) and ``experiment`` (row order; names the
+reference may use).
 """
 from __future__ import annotations
 
@@ -34,7 +38,10 @@ import pandas as pd
 
 from pipeline.io import write_csv, write_json, write_text
 from pipeline.job import parse_job
+from pipeline.reporting import layouts
 from pipeline.reporting.aggregate import (
+    WISE_FT_ALPHA,
+    assign_rows,
     metrics_tree,
     read_runs,
     read_tidy,
@@ -42,45 +49,73 @@ from pipeline.reporting.aggregate import (
     summarise,
     wise_ft_curves,
 )
-from pipeline.reporting.figures import id_vs_ood_figure, save_figure
+from pipeline.reporting.figures import effective_robustness_figure, id_vs_ood_figure, save_figure, scatter_table
 from pipeline.reporting.layer_figures import grad_norms_figure, layer_summary, layers_figure, read_layers
-from pipeline.reporting.tables import render_template, table_context
+from pipeline.reporting.reference import check_names, load_reference
+from pipeline.reporting.store import PredictionStore, check_consistent
+from pipeline.reporting.tables import render_template
+from pipeline.reporting.view import ReportView, build_view
 
 log = logging.getLogger(__name__)
 
 REPORT_DEFAULTS = {"title": "Robust fine-tuning results", "labels": {}, "id_split": "id_test",
-                   "ood_split": "ood_test"}
+                   "ood_split": "ood_test", "tables": list(layouts.DEFAULT_TABLES), "reference": [],
+                   "wise_ft_alpha": WISE_FT_ALPHA}
 
 
 def _paths(value: str | list[str]) -> list[str]:
     return [value] if isinstance(value, str) else list(value)
 
 
+def tables_tex(names: list[str]) -> str:
+    """``paper/tables/tables.tex``: the selected layouts, in the order ``report.tables`` gives."""
+    lines = ["% Generated by `python -m pipeline report`: the tables of report.tables. Do not edit."]
+    return "\n".join(lines + [f"\\input{{tables/{n}}}" for n in names]) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     job = parse_job("report", argv)
-    report_cfg = {**REPORT_DEFAULTS, **(job.params.get("report") or {})}
-    methods = list(job.params["experiment"]["methods"])
+    cfg = {**REPORT_DEFAULTS, **(job.params.get("report") or {})}
+    experiment = job.params["experiment"]
+    methods = list(experiment["methods"])
+    unknown = [t for t in cfg["tables"] if t not in layouts.LAYOUTS]
+    if unknown:
+        raise ValueError(f"report.tables: unknown layout {unknown[0]!r} (layouts: {', '.join(layouts.LAYOUTS)})")
+    reference = load_reference(_paths(job.inputs.get("reference", [])))
+    check_names(reference, experiment, "report.reference")
+
     results = read_tidy([p for key in ("lp", "zeroshot", "evaluate", "wise_ft", "soup")
                          for p in _paths(job.inputs.get(key, []))])
     if results.empty:
         raise ValueError("report: no metric rows in the input CSVs")
-    chosen = select_grid_points(results, report_cfg)
-    summary = summarise(results, report_cfg, methods, chosen)
-    curves = wise_ft_curves(results, report_cfg, chosen)
-    runs = read_runs(_paths(job.inputs["runs"]))
-    labels = report_cfg.get("labels") or {}
+    chosen = select_grid_points(results, cfg)
+    summary = summarise(results, cfg, methods, chosen)
+    rows = assign_rows(results, chosen, float(cfg["wise_ft_alpha"]))
+    store = PredictionStore(_paths(job.inputs["predictions"]))
+    check_consistent(rows, store, (cfg["id_split"], cfg["ood_split"]))
+    view = build_view(ReportView(summary, rows, store, cfg, methods, runs=read_runs(_paths(job.inputs["runs"])),
+                                 chosen=chosen, curves=wise_ft_curves(results, cfg, chosen), reference=reference,
+                                 datasets=list(experiment["datasets"]), models=list(experiment["models"])))
 
     write_csv(job.outputs["results"], results)
-    write_json(job.outputs["metrics"], metrics_tree(summary))
-    context = table_context(summary, runs, report_cfg, methods, chosen)
-    for template in _paths(job.inputs["templates"]):
-        name = Path(template).name.removesuffix(".tex.j2")
-        write_text(job.outputs[f"table_{name}"], render_template(template, context))
-    save_figure(id_vs_ood_figure(summary, curves, methods), job.outputs["figure"], job.outputs["figure_png"])
+    write_csv(job.outputs["summary"], view.summary)
+    write_csv(job.outputs["effective_robustness"], view.er_fit)
+    write_csv(job.outputs["scatter"], scatter_table(view.summary, view.er_fit))
+    write_json(job.outputs["metrics"], metrics_tree(view.summary))
+    templates = {Path(t).name: t for t in _paths(job.inputs["templates"])}
+    for name, layout in layouts.LAYOUTS.items():
+        context = {**layouts.build(name, view), "name": name, "doc": layout.doc}
+        write_text(job.outputs[f"table_{name}"], render_template(templates[Path(layout.template).name], context))
+        write_text(job.outputs[f"html_{name}"], render_template(templates[Path(layouts.HTML_TEMPLATE).name], context))
+    write_text(job.outputs["tables"], tables_tex(list(cfg["tables"])))
+
+    save_figure(id_vs_ood_figure(view.summary, view.curves, methods), job.outputs["figure"], job.outputs["figure_png"])
+    save_figure(effective_robustness_figure(view.summary, view.er_fit), job.outputs["er_figure"],
+                job.outputs["er_figure_png"])
     norms = pd.concat([pd.read_csv(p) for p in _paths(job.inputs["grad_norms"])], ignore_index=True)
     save_figure(grad_norms_figure(norms), job.outputs["grad_norms"])
-    save_figure(layers_figure(layer_summary(read_layers(_paths(job.inputs["layers"])), chosen), labels, methods),
-                job.outputs["layers"])
+    save_figure(layers_figure(layer_summary(read_layers(_paths(job.inputs["layers"])), chosen),
+                              cfg.get("labels") or {}, methods), job.outputs["layers"])
     log.info("report: %d tidy rows, %d table rows -> %s", len(results), summary["row"].nunique(),
              ", ".join(job.outputs.values()))
     return 0

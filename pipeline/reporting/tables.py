@@ -1,112 +1,106 @@
-"""Render LaTeX tables with Jinja2; the results summary's table context.
+"""Render tables with Jinja2, and the pieces every table layout shares.
 
 Every table of the paper is a template in ``paper/templates/`` rendered by
-:func:`render_template` (the results table here, the LP-FT theory table by its stage).
-Templates use LaTeX-safe
-delimiters, so braces and ``%`` in LaTeX need no escaping in the template:
-``\\BLOCK{...}`` blocks, ``\\VAR{...}`` variables, ``\\#{...}`` comments, ``%%``
-line statements and ``%#`` line comments. Every free-text value (labels, names)
-goes through the ``latex_escape`` filter; cells are built here as LaTeX.
+:func:`render_template` (the layouts' tables by the report, the LP-FT theory and cost tables by
+their stages). LaTeX templates use LaTeX-safe delimiters, so braces and ``%`` in LaTeX need no
+escaping in the template: ``\\BLOCK{...}`` blocks, ``\\VAR{...}`` variables, ``\\#{...}``
+comments, ``%%`` line statements and ``%#`` line comments. Free text goes through the
+``latex_escape`` filter, cells through ``tex`` (:mod:`pipeline.reporting.cells`). HTML templates
+(``*.html.j2``) use Jinja's usual delimiters, autoescaping, and the ``html`` cell filter.
 """
 from __future__ import annotations
 
 import math
-import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import jinja2
 import pandas as pd
+from markupsafe import Markup
 
 from pipeline.methods.registry import label
-from pipeline.reporting.aggregate import KINDS
+from pipeline.reporting.cells import (
+    Cell,
+    Grid,
+    Group,
+    Header,
+    Row,
+    cell_html,
+    cell_tex,
+    html_text,
+    latex_escape,
+    latex_text,
+)
 
-LATEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
-_SPECIALS_RE = re.compile("|".join(re.escape(c) for c in LATEX_SPECIALS))
-# Headings of the row groups after the first (LP and plain fine-tuning).
-GROUP_HEADINGS = {"soup": r"Model soups, greedy order and acceptance on ID val",
-                  "wise_ft": r"WiSE-FT, $\alpha$ selected on ID val",
-                  "hp_oracle": r"Oracle: grid point selected on OOD val (not a valid selection rule)",
-                  "oracle": r"Oracle: WiSE-FT, $\alpha$ selected on OOD val (not a valid selection rule)"}
-MISSING = "--"
+# Headings of the row groups after the first (LP and plain fine-tuning), by row kind.
+GROUP_HEADINGS = {"soup": "Model soups, greedy order and acceptance on ID val",
+                  "wise_ft_fixed": "WiSE-FT at a fixed alpha",
+                  "wise_ft": "WiSE-FT, alpha selected on ID val",
+                  "hp_oracle": "Oracle: grid point selected on OOD val (not a valid selection rule)",
+                  "oracle": "Oracle: WiSE-FT, alpha selected on OOD val (not a valid selection rule)"}
 
 
-def latex_escape(value: object) -> str:
-    """Escape text for LaTeX: ``50% & co_x`` -> ``50\\% \\& co\\_x``."""
-    return _SPECIALS_RE.sub(lambda m: LATEX_SPECIALS[m.group()], str(value))
-
-
-def make_environment(template_dir: str | Path) -> jinja2.Environment:
-    """Jinja2 environment with LaTeX-safe delimiters and the ``latex_escape`` filter."""
+def make_environment(template_dir: str | Path, html: bool = False) -> jinja2.Environment:
+    """Jinja2 environment: LaTeX-safe delimiters and filters, or (``html``) Jinja's own with autoescape."""
+    common = dict(loader=jinja2.FileSystemLoader(str(template_dir)), trim_blocks=True, lstrip_blocks=True,
+                  keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
+    if html:
+        env = jinja2.Environment(autoescape=True, **common)
+        env.filters["html"] = lambda c: Markup(cell_html(c))
+        env.filters["text"] = lambda t: Markup(html_text(t))
+        return env
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(template_dir)),
         block_start_string=r"\BLOCK{", block_end_string="}",
         variable_start_string=r"\VAR{", variable_end_string="}",
         comment_start_string=r"\#{", comment_end_string="}",
-        line_statement_prefix="%%", line_comment_prefix="%#",
-        trim_blocks=True, lstrip_blocks=True, autoescape=False, keep_trailing_newline=True,
-        undefined=jinja2.StrictUndefined)
+        line_statement_prefix="%%", line_comment_prefix="%#", autoescape=False, **common)
     env.filters["latex_escape"] = latex_escape
+    env.filters["latex_text"] = latex_text
+    env.filters["tex_header"] = lambda h: (latex_text(h["text"]) if h["span"] == 1
+                                           else f"\\multicolumn{{{h['span']}}}{{c}}{{{latex_text(h['text'])}}}")
+    env.filters["tex"] = cell_tex
     return env
 
 
-def format_cell(mean: float, std: float, n: int, scale: float = 100.0, digits: int = 1) -> str:
-    """``mean $\\pm$ std`` (scaled, fixed decimals); just the mean for one seed; ``--`` if missing."""
-    if mean is None or math.isnan(mean):
-        return MISSING
-    if n <= 1 or std is None or math.isnan(std):
-        return f"{mean * scale:.{digits}f}"
-    return f"{mean * scale:.{digits}f} $\\pm$ {std * scale:.{digits}f}"
+def render_template(template: str | Path, context: dict) -> str:
+    """Render a ``.tex.j2`` or ``.html.j2`` template: the one way a table is written."""
+    template = Path(template)
+    env = make_environment(template.parent, html=template.name.endswith(".html.j2"))
+    return env.get_template(template.name).render(**context)
 
 
-def _columns(quantities: set[str]) -> list[dict]:
-    """Table columns: ID, OOD mean and per-OOD-domain accuracy, then ID/OOD of any other metric."""
-    metrics = sorted({q.split("_", 1)[1] for q in quantities if q.startswith("id_")} |
-                     {q.split("_", 1)[1].split("/")[0] for q in quantities if q.startswith("ood_")},
-                     key=lambda m: (m != "acc", m))
-    cols = []
-    for m in metrics:
-        suffix = "" if m == "acc" else f" {m}"
-        if f"id_{m}" in quantities:
-            cols.append({"quantity": f"id_{m}", "group": "ID" + suffix, "header": "all"})
-        domains = sorted(q.split("/", 1)[1] for q in quantities if q.startswith(f"ood_{m}/"))
-        if f"ood_{m}" in quantities:
-            cols.append({"quantity": f"ood_{m}", "group": "OOD" + suffix, "header": "mean" if domains else "all"})
-        cols += [{"quantity": f"ood_{m}/{d}", "group": "OOD" + suffix, "header": d} for d in domains]
-    return cols
+@dataclass(frozen=True)
+class Column:
+    """One value column: its group title (spanning header), its own header, and how a row's cell is made."""
+
+    group: str
+    header: str
+    cell: Callable[[str], Cell]          # table row id -> cell
+    published: Callable[[str, str], Cell | None] | None = None   # (row id, method) -> published cell
 
 
-def _header_groups(cols: list[dict], first: int) -> list[dict]:
-    """Runs of columns sharing a group title, with their (1-based) LaTeX column ranges."""
-    groups: list[dict] = []
-    for i, c in enumerate(cols, start=first):
-        if groups and groups[-1]["title"] == c["group"]:
-            groups[-1]["end"] = i
+def grid(title: str, corner: str, columns: list[Column], groups: list[tuple[str | None, pd.DataFrame]],
+         source: str = "published") -> Grid:
+    """A grid from columns and row groups (``(heading, frame with row, method, label)``); empty groups dropped."""
+    header: list[list[Header]] = [[], []]
+    for c in columns:
+        if header[0] and header[0][-1].text == c.group:
+            header[0][-1].span += 1
         else:
-            groups.append({"title": c["group"], "start": i, "end": i})
-    for g in groups:
-        g["span"] = g["end"] - g["start"] + 1
-    return groups
-
-
-def _block(summary: pd.DataFrame, dataset: str, model: str) -> dict:
-    part = summary[(summary["dataset"] == dataset) & (summary["model"] == model)]
-    cols = _columns(set(part["quantity"]) - {"alpha"})
-    stats = {(r.row, r.quantity): (r.mean, r.std, r.n) for r in part.itertuples(index=False)}
-    groups = []
-    for kind in KINDS:
-        rows = part[part["kind"] == kind].drop_duplicates("row")
-        if rows.empty:
-            continue
-        body = []
+            header[0].append(Header(c.group))
+        header[1].append(Header(c.header))
+    out = []
+    for heading, rows in groups:
+        body: list[Row] = []
         for r in rows.itertuples(index=False):
-            alpha = stats.get((r.row, "alpha"))
-            cells = [MISSING if alpha is None else format_cell(alpha[0], math.nan, 1, scale=1.0, digits=2)]
-            cells += [format_cell(*stats.get((r.row, c["quantity"]), (math.nan, math.nan, 0))) for c in cols]
-            body.append({"label": r.label, "cells": cells})
-        groups.append({"kind": kind, "heading": GROUP_HEADINGS.get(kind), "rows": body})
-    return {"dataset": dataset, "model": model, "columns": cols, "ncols": len(cols) + 2,
-            "header_groups": _header_groups(cols, first=3), "groups": groups}
+            body.append(Row(r.label, [c.cell(r.row) for c in columns]))
+            pubs = [c.published(r.row, r.method) if c.published else None for c in columns]
+            if any(p is not None for p in pubs):
+                body.append(Row(source, [p if p is not None else Cell("text") for p in pubs], published=True))
+        if body:
+            out.append(Group(heading, body))
+    return Grid(title, corner, header, out)
 
 
 def _number(x: float) -> str:
@@ -115,19 +109,18 @@ def _number(x: float) -> str:
 
 def settings_lines(runs: pd.DataFrame, labels: dict[str, str], methods: list[str],
                    chosen: pd.DataFrame | None = None) -> list[str]:
-    """One LaTeX line per fine-tuning method: optimizer, lr (effective lr), frozen share, chosen grid point."""
+    """One plain-text line per fine-tuning method: optimizer, lr (effective lr), frozen share, chosen grid point."""
     lines = []
     for m in methods:
-        r = runs[runs["method"] == m]
+        r = runs[runs["method"] == m] if not runs.empty else runs
         if r.empty:
             continue
-        grid = sorted(set(r["hp"]))
+        grid_points = sorted(set(r["hp"]))
         pick = chosen[chosen["method"] == m]["id_hp"] if chosen is not None else pd.Series(dtype=object)
-        if not pick.empty and pick.iloc[0] in grid:
+        if not pick.empty and pick.iloc[0] in grid_points:
             r = r[r["hp"] == pick.iloc[0]]
         first = r.iloc[0]
-        optimizer = first["optimizer"] or "?"
-        text = f"{latex_escape(labels.get(m, m))}: {latex_escape(label('optimizer', optimizer))}"
+        text = f"{labels.get(m, m)}: {label('optimizer', first['optimizer'] or '?')}"
         if first["lr"] is not None and not pd.isna(first["lr"]):
             text += f", lr {_number(float(first['lr']))}"
             eff = first["effective_lr"]
@@ -135,32 +128,34 @@ def settings_lines(runs: pd.DataFrame, labels: dict[str, str], methods: list[str
                 text += f" (effective {_number(float(eff))})"
         frozen = first.get("frozen_fraction", 0.0)
         if frozen and not pd.isna(frozen) and float(frozen) > 0:
-            text += f", {100 * float(frozen):.1f}\\% of weights frozen"
-        if len(grid) > 1:
-            text += (f", grid point \\texttt{{{latex_escape(first['hp'])}}} chosen on ID val "
-                     f"of {len(grid)}")
+            text += f", {100 * float(frozen):.1f}% of weights frozen"
+        if len(grid_points) > 1:
+            text += f", grid point {first['hp']} chosen on ID val of {len(grid_points)}"
         lines.append(text)
     return lines
 
 
-def _seeds_text(summary: pd.DataFrame) -> str:
-    ns = sorted(set(summary.loc[summary["kind"] == "ft", "n"].astype(int)))
+def seeds_text(summary: pd.DataFrame) -> str:
+    ns = sorted(set(summary.loc[summary["kind"] == "ft", "n"].dropna().astype(int)))
     if not ns or ns == [1]:
         return "one seed"
-    return f"mean $\\pm$ std over {'/'.join(map(str, ns))} seeds"
+    return f"mean over {'/'.join(map(str, ns))} seeds"
 
 
-def table_context(summary: pd.DataFrame, runs: pd.DataFrame, report_cfg: dict, methods: list[str],
-                  chosen: pd.DataFrame | None = None) -> dict:
-    """Everything the template needs; text fields are raw (the template escapes them)."""
-    pairs = summary[["dataset", "model"]].drop_duplicates().itertuples(index=False)
-    return {"title": report_cfg.get("title", ""), "id_split": report_cfg.get("id_split", "id_test"),
-            "ood_split": report_cfg.get("ood_split", "ood_test"), "seeds": _seeds_text(summary),
-            "blocks": [_block(summary, d, m) for d, m in pairs],
-            "settings": settings_lines(runs, report_cfg.get("labels") or {}, methods, chosen)}
+def published_label(view) -> str:
+    """Label of the rows of published values: the papers they come from."""
+    return "published: " + ", ".join(view.sources()) if view.sources() else "published"
 
 
-def render_template(template: str | Path, context: dict) -> str:
-    """Render a ``.tex.j2`` template: the one way a table of the paper is written."""
-    template = Path(template)
-    return make_environment(template.parent).get_template(template.name).render(**context)
+def common_context(view) -> dict:
+    """What every layout's template may say: title, splits, seeds, interval and baseline settings."""
+    from pipeline.reporting.bootstrap import DEFAULTS
+
+    cfg = view.cfg
+    boot = {**DEFAULTS, **(cfg.get("bootstrap") or {})}
+    labels = cfg.get("labels") or {}
+    base = cfg.get("baseline")
+    return {"title": cfg.get("title", ""), "id_split": cfg["id_split"], "ood_split": cfg["ood_split"],
+            "seeds": seeds_text(view.summary), "confidence": f"{100 * float(boot['confidence']):g}",
+            "resamples": int(boot["n_resamples"]), "baseline": labels.get(base, base) if base else "",
+            "sources": view.sources(), "settings": settings_lines(view.runs, labels, view.methods, view.chosen)}

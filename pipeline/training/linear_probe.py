@@ -11,7 +11,8 @@ Outputs in ``results/{dataset}/{model}/lp/``:
 * ``sweep.csv``: per C (increasing) ``C, train_acc, id_val_acc, iterations,
   selected`` (the time each C took goes to the log: outputs hold no timings).
 * ``metrics.csv``: tidy metric rows (:mod:`pipeline.evaluation.official`) of
-  the selected head on every split except train, per domain, ``method=lp``.
+  the selected head on every split except train, per domain, ``method=lp``;
+* ``predictions.npz``: its per-example predictions (:mod:`pipeline.evaluation.predictions`).
 
 Params: ``linear_probe`` (``C_min``, ``C_max``, ``num_C``, ``max_iter``). The
 recipe is methods.md section 1.1; the solver is :mod:`pipeline.training.logistic`.
@@ -24,7 +25,8 @@ import pandas as pd
 
 from pipeline.data.shards import PreparedDataset
 from pipeline.evaluation.metrics import tidy
-from pipeline.evaluation.official import split_rows
+from pipeline.evaluation.predict import Evaluation, score_logits
+from pipeline.evaluation.predictions import SINGLE, entry_ids, save_predictions
 from pipeline.io import write_csv
 from pipeline.job import parse_job
 from pipeline.models.backbone import save_state
@@ -45,16 +47,11 @@ def sweep_table(result: SweepResult) -> pd.DataFrame:
     })
 
 
-def probe_rows(result: SweepResult, splits: dict, meta: dict, data: PreparedDataset) -> list[dict]:
-    """Metric rows of the selected head on every split but train (aliases included)."""
-    rows: list[dict] = []
-    for name in data.split_names:
-        stored = data.physical(name)
-        if stored == meta["train_split"]:
-            continue
-        logits = splits[stored]["features"].float() @ result.weight.T + result.bias
-        rows += split_rows(data, name, logits)
-    return rows
+def probe_scores(result: SweepResult, splits: dict, meta: dict, data: PreparedDataset) -> Evaluation:
+    """Metric rows and predictions of the selected head on every split but train (aliases included)."""
+    logits = {name: splits[data.physical(name)]["features"].float() @ result.weight.T + result.bias
+              for name in data.split_names if data.physical(name) != meta["train_split"]}
+    return score_logits(data, logits)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     save_state({"weight": result.weight, "bias": result.bias}, job.outputs["head"],
                metadata={"C": repr(row.C), "config_hash": job.config_hash})
     write_csv(job.outputs["sweep"], sweep_table(result))
-    rows = probe_rows(result, splits, meta, PreparedDataset(job.inputs["data"]))
-    write_csv(job.outputs["metrics"], tidy(rows, dataset=wc["dataset"], model=wc["model"], method="lp",
-                                           hp=f"C{row.C:.3g}", seed=0, config_hash=job.config_hash))
+    scores = probe_scores(result, splits, meta, PreparedDataset(job.inputs["data"]))
+    ids = entry_ids(wc["dataset"], wc["model"], "lp", f"C{row.C:.3g}", 0)
+    save_predictions(job.outputs["predictions"], {SINGLE: (ids, scores.predictions)})
+    write_csv(job.outputs["metrics"], tidy(scores.rows, **ids, config_hash=job.config_hash))
     return 0
