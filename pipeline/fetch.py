@@ -4,8 +4,10 @@ For each experiment dataset whose source reads files (all but the embedded ``dig
 :func:`~pipeline.download.datasets.ensure_dataset` as the ``download`` stage (in place: no
 network; ``download: false`` or licensed: checked only); for each experiment model with
 ``weights: hub``, timm's checkpoint into ``data/hub/<timm_name>.safetensors``
-(:func:`~pipeline.download.hub.fetch_hub_checkpoint`), which the ``backbone`` stage then reads
-offline. On a cluster: run this on a login node with network, then the DAG on offline compute
+(:func:`~pipeline.download.hub.fetch_hub_checkpoint`), and for each OpenCLIP model with
+``weights: hub:<tag>``, the tag's checkpoint into ``data/hub/open_clip/<arch>/<tag>.safetensors``
+(:func:`~pipeline.download.hub.fetch_openclip_checkpoint`); the ``backbone`` stage then reads
+them offline. On a cluster: run this on a login node with network, then the DAG on offline compute
 nodes, where every download job finds its data in place.
 
 Every item is tried, then each failure is one line (``error: ...``; several end with a summary
@@ -37,13 +39,20 @@ def _datasets(cfg: dict, only: str, params: str) -> list[str]:
 
 
 def _hub_models(cfg: dict) -> list[str]:
-    return [m for m in cfg["experiment"]["models"] if cfg["models"][m].get("weights") == "hub"]
+    """Experiment models with hub weights: timm's ``hub``, or an OpenCLIP entry's ``hub:<tag>``."""
+    return [m for m in cfg["experiment"]["models"]
+            if cfg["models"][m].get("weights") == "hub" or _openclip_tag(cfg["models"][m])]
+
+
+def _openclip_tag(entry: dict) -> str | None:
+    weights = str(entry.get("weights", ""))
+    return weights[len("hub:"):] if "open_clip" in entry and weights.startswith("hub:") else None
 
 
 def fetch(cfg: dict, datasets: list[str], models: list[str]) -> list[DownloadError]:
     """Put each dataset and hub checkpoint in place; returns the failures."""
     from pipeline.download.datasets import ensure_dataset
-    from pipeline.download.hub import fetch_hub_checkpoint
+    from pipeline.download.hub import fetch_hub_checkpoint, fetch_openclip_checkpoint
 
     failed: list[DownloadError] = []
     for name in datasets:
@@ -54,7 +63,10 @@ def fetch(cfg: dict, datasets: list[str], models: list[str]) -> list[DownloadErr
             failed.append(e)
     for model in models:
         try:
-            path = fetch_hub_checkpoint(cfg["models"][model]["timm_name"], log=log)
+            entry = cfg["models"][model]
+            tag = _openclip_tag(entry)
+            path = fetch_openclip_checkpoint(entry["open_clip"], tag, log=log) if tag else \
+                fetch_hub_checkpoint(entry["timm_name"], log=log)
             print(f"{model}: checkpoint in place at {path}")
         except DownloadError as e:
             failed.append(e)

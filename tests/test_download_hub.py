@@ -111,3 +111,86 @@ def test_paper_backbones_have_hub_checkpoints(name: str) -> None:
 
     cfg = timm.models.get_pretrained_cfg(name)
     assert cfg is not None and cfg.hf_hub_id
+
+
+# A tiny OpenCLIP model and a pretrained tag naming a Hub repo, registered the way open_clip lists its
+# own tags ("org/repo/": open_clip's default file name, its .safetensors twin tried first).
+CLIP_CONFIG = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 16,
+                                               "patch_size": 8},
+               "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+CLIP_SCRIPT = """
+import sys
+from pipeline import compat
+compat.apply()
+import open_clip
+from safetensors.torch import save_file
+from pipeline.download.hub import fetch_openclip_checkpoint
+from pipeline.models.openclip import register_config, resolve_weights
+config, what = sys.argv[1:3]
+entry = {"open_clip": "pipeline-hub-clip", "config": config, "weights": "hub:test"}
+register_config(entry)
+open_clip.pretrained._PRETRAINED["pipeline-hub-clip"] = {"test": {"hf_hub": "pipeline/tiny-clip/"}}
+if what == "fetch":
+    print(fetch_openclip_checkpoint("pipeline-hub-clip", "test", "data/hub", lock="data/checksums.lock"))
+else:   # the backbone stage's path: offline, from the fetched file
+    save_file(resolve_weights(entry, "clip"), "resolved.safetensors")
+"""
+
+
+@pytest.mark.parametrize("served", ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"])
+def test_openclip_tag_is_fetched_then_read_offline(tmp_path: Path, served: str) -> None:
+    import io
+
+    from pipeline import compat
+
+    compat.apply()
+    import open_clip
+
+    config = tmp_path / "pipeline-hub-clip.json"
+    config.write_text(json.dumps(CLIP_CONFIG))
+    open_clip.add_model_config(config)
+    torch.manual_seed(0)
+    state = {k: torch.randn_like(v) for k, v in open_clip.create_model("pipeline-hub-clip").state_dict().items()}
+    if served.endswith(".bin"):
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        data = buf.getvalue()
+    else:
+        data = save(state)
+    base = "/pipeline/tiny-clip/resolve/main"
+    with LoopbackServer() as server:
+        if served.endswith(".bin"):   # no safetensors twin in this repo: open_clip's file name then
+            server.add(f"{base}/open_clip_model.safetensors", b"", status=404,
+                       headers={"X-Repo-Commit": COMMIT, "X-Error-Code": "EntryNotFound"})
+        server.add(f"{base}/{served}", data, headers={"X-Repo-Commit": COMMIT, "ETag": f'"{sha256(data)}"'})
+        env = hub_env(tmp_path, server.url(""))
+        done = subprocess.run([sys.executable, "-c", CLIP_SCRIPT, str(config), "fetch"], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        local = tmp_path / "data/hub/open_clip/pipeline-hub-clip/test.safetensors"
+        assert done.stdout.strip().endswith(str(Path("data/hub/open_clip/pipeline-hub-clip/test.safetensors")))
+        assert server.hits(f"{base}/{served}") >= 1
+        entry = json.loads((tmp_path / "data/checksums.lock").read_text())["hub/open_clip/pipeline-hub-clip/test"]
+        assert entry["sha256"] == sha256(data) and entry["url"].endswith(f"{base}/{served}")
+
+        # The backbone stage, offline: the fetched file, no request at all.
+        server.reset()
+        done = subprocess.run([sys.executable, "-c", CLIP_SCRIPT, str(config), "load"], cwd=tmp_path,
+                              env={**env, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert server.requests == []
+    for path in (local, tmp_path / "resolved.safetensors"):
+        loaded = load_file(path)
+        assert loaded.keys() == state.keys() and all(torch.equal(loaded[k], state[k]) for k in state)
+
+
+def test_fetch_lists_the_configs_hub_models() -> None:
+    """``fetch`` covers timm's ``weights: hub`` and OpenCLIP's ``hub:<tag>`` entries of a config."""
+    from pipeline.config import load_params
+    from pipeline.fetch import _hub_models, _openclip_tag
+
+    wise = load_params(str(REPO / "configs/wise_ft.yaml"))
+    assert _hub_models(wise) == ["clip_vit_b16"] and _openclip_tag(wise["models"]["clip_vit_b16"]) == "openai"
+    freeze = load_params(str(REPO / "configs/freeze_embed.yaml"))
+    assert set(_hub_models(freeze)) == set(freeze["experiment"]["models"])
+    assert not any(_openclip_tag(freeze["models"][m]) for m in freeze["experiment"]["models"])

@@ -1,7 +1,8 @@
 """Every backbone the papers' configs name, at its real size, through the real stages (random weights).
 
 One test per architecture of ``configs/*.yaml`` (entries that differ only in their pretrained
-weights share one, e.g. the in21k and DINO ViT-B/16): the digits task built at the model's 224 px
+weights share one, e.g. the in21k and DINO ViT-B/16; OpenCLIP models with both towers, their
+zero-shot head and a fine-tune started from it): the digits task built at the model's 224 px
 input size (2 classes, a few images each), then prepare_data, backbone, features, linear_probe,
 grad_norms, the methods whose code differs per architecture family for a step or two (head
 initialisation: random and LP; freeze-embed; SPD's head/body groups), evaluate, WiSE-FT (the LP-FT
@@ -33,11 +34,11 @@ def architectures() -> list[dict]:
         cfg = yaml.safe_load(path.read_text())
         freezes = any(m.get("freeze", "none") != "none" for m in cfg["methods"].values())
         for name, entry in cfg["models"].items():
-            if "timm_name" not in entry:
-                continue   # OpenCLIP models: built at real size in test_openclip.py
-            arch = entry["timm_name"].split(".")[0]
-            rec = found.setdefault(arch, {"arch": arch, "timm_name": entry["timm_name"], "entries": [],
-                                          "freeze": False})
+            if "open_clip" in entry:   # OpenCLIP: the image and text towers; no pretrained tag
+                arch, model = f"open_clip:{entry['open_clip']}", {"open_clip": entry["open_clip"], "weights": "none"}
+            else:
+                arch, model = entry["timm_name"].split(".")[0], {"timm_name": entry["timm_name"], "weights": "none"}
+            rec = found.setdefault(arch, {"arch": arch, "model": model, "entries": [], "freeze": False})
             rec["entries"].append(f"{path.stem}:{name}")
             rec["freeze"] |= freezes and name in cfg["experiment"]["models"]
     return list(found.values())
@@ -68,7 +69,8 @@ FROZEN["resnetv2_101x1_bit"] = FROZEN["resnetv2_50x1_bit"]   # the same stem and
 
 
 def params_for(rec: dict) -> dict:
-    cfg = tiny_params(model=rec["timm_name"], weights="none")
+    cfg = tiny_params()
+    cfg["models"] = {"tiny": rec["model"]}
     cfg["datasets"]["digits"]["build"] = {"image_size": 224, "classes": 2, "train_per_class": 2,
                                           "val_per_class": 1, "test_per_class": 1, "ood_per_class": 2, "seed": 0}
     methods = {"ft": {"init": "random", "optimizer": "adamw", "lr": 1e-4},
@@ -76,6 +78,9 @@ def params_for(rec: dict) -> dict:
                "spd": {"init": "random", "optimizer": "spd", "lr": 1e-4, "spd_lambda": 0.5}}
     if rec["freeze"]:
         methods["freeze_embed"] = {"init": "random", "optimizer": "sgd", "lr": 1e-3, "freeze": "embed"}
+    clip = "open_clip" in rec["model"]
+    if clip:   # the WiSE-FT and soups configs' runs: end to end from the zero-shot head
+        methods["ft"] = {"init": "zeroshot", "optimizer": "adamw", "lr": 1e-4}
     cfg["methods"] = methods
     cfg["experiment"] = {"datasets": ["digits"], "models": ["tiny"], "methods": list(methods), "seeds": [0]}
     cfg["finetune"] = {"epochs": 1, "batch_size": 2, "warmup_epochs": 0}
@@ -83,9 +88,9 @@ def params_for(rec: dict) -> dict:
     cfg["features"] = {"batch_size": 16}
     cfg["evaluate"] = {"batch_size": 16}
     cfg["wise_ft"] = {"alphas": [0.5, 1.0], "methods": ["ft", "lpft"]}
-    cfg["soups"] = {"methods": [m for m in methods if methods[m]["init"] == "random"]}
+    cfg["soups"] = {"methods": [m for m in methods if methods[m]["init"] == methods["ft"]["init"]]}
     cfg["analysis"] = {"lpft_theory": {"eps": [0.0], "seeds": 1}, "grad_norms": {"batch_size": 2}}
-    cfg["report"]["labels"] = {m: m for m in methods}
+    cfg["report"].update(labels={m: m for m in methods}, baseline="ft")
     return cfg
 
 
@@ -141,6 +146,8 @@ def check_outputs(rec: dict, cfg: dict) -> None:
     assert (run / "soup/seed0/metrics.csv").is_file()
     results = pd.read_csv("results/report/results.csv")
     assert {"lp", "ft", "lpft", "spd", "uniform_soup", "greedy_soup"} <= set(results["method"])
+    if "open_clip" in rec["model"]:
+        assert (run / "zeroshot/head.safetensors").is_file() and "zeroshot" in set(results["method"])
     table = Path("paper/tables/results.tex").read_text()
     assert r"\begin{tabular}" in table and "lpft" in table
     for figure in ("id_vs_ood.pdf", "grad_norms.pdf", "layers.pdf"):

@@ -1,4 +1,4 @@
-"""Fetch the pretrained checkpoint of a timm model (``weights: hub``) into a local file.
+"""Fetch the pretrained checkpoint of a timm model (``weights: hub``) or of an OpenCLIP tag into a local file.
 
 Where timm would download at model creation (``pretrained=True``), this fetches the same file
 ahead of time, on a machine with network (a login node), into ``data/hub/<timm_name>.safetensors``,
@@ -12,16 +12,22 @@ itself is ``huggingface_hub.hf_hub_download`` (its cache, resume and ``HF_ENDPOI
 already in timm's layout and is copied; any other file is loaded through timm (its checkpoint
 filters remap it) and saved as safetensors. The SHA-256 of the downloaded file is pinned in the
 checksum lock file under ``hub/<timm_name>`` like any unpublished checksum.
+
+An OpenCLIP entry's ``weights: hub:<tag>`` follows open_clip's resolution the same way: the tag's
+pretrained config names a Hugging Face repo (``hf_hub``) and file, a ``.safetensors`` twin of a
+``.bin`` preferred; the file lands in ``data/hub/open_clip/<arch>/<tag>.safetensors`` (open_clip's
+layout, the whole CLIP model) and is pinned under ``hub/open_clip/<arch>/<tag>``.
 """
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from pathlib import Path
 
 from pipeline.download.errors import DownloadError
 from pipeline.download.manifest import Expected
-from pipeline.download.paths import DEFAULT_HUB_DIR, hub_checkpoint_path
+from pipeline.download.paths import DEFAULT_HUB_DIR, hub_checkpoint_path, openclip_checkpoint_path
 from pipeline.download.verify import DEFAULT_LOCK, ChecksumLock, file_digest, verify
 from pipeline.io import atomic_path
 
@@ -46,8 +52,6 @@ def fetch_hub_checkpoint(timm_name: str, out_dir: str | Path = DEFAULT_HUB_DIR, 
 
     compat.apply()   # before timm: the CPU torchvision shim
     import timm
-    from huggingface_hub import constants, hf_hub_download
-    from huggingface_hub.errors import RemoteEntryNotFoundError
 
     cfg = timm.models.get_pretrained_cfg(timm_name)
     if cfg is None or not cfg.hf_hub_id:
@@ -55,24 +59,7 @@ def fetch_hub_checkpoint(timm_name: str, out_dir: str | Path = DEFAULT_HUB_DIR, 
                             "(no pretrained_cfg.hf_hub_id); set models.<model>.weights to a checkpoint file instead")
     repo, _, revision = cfg.hf_hub_id.partition("@")
     filenames = (cfg.hf_hub_filename,) if cfg.hf_hub_filename else _TIMM_FILES
-    base = (endpoint or constants.ENDPOINT).rstrip("/")
-    path = filename = None
-    for filename in filenames:
-        try:
-            path = Path(hf_hub_download(repo, filename, revision=revision or None, endpoint=endpoint,
-                                        cache_dir=cache_dir))
-            break
-        except RemoteEntryNotFoundError:
-            continue   # timm's fallback: the next file name
-        except Exception as e:   # HTTP, connection, offline mode: all mean "not fetched"; say why in one line
-            offline = " (HF_HUB_OFFLINE=1 is set: use HF_HUB_OFFLINE=0 where there is network)" \
-                if constants.HF_HUB_OFFLINE else ""
-            raise DownloadError(f"{timm_name}: cannot fetch {filename} of {repo} from {base}{offline}: "
-                                f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}; run the fetch on "
-                                "a machine with network (a login node), or set weights: to a checkpoint file") from None
-    if path is None:
-        raise DownloadError(f"{timm_name}: {repo} on {base} has none of {list(filenames)}")
-    url = f"{base}/{repo}/resolve/{revision or 'main'}/{filename}"
+    path, filename, url = _download(timm_name, repo, revision or None, filenames, endpoint, cache_dir)
     verify(timm_name, f"hub/{timm_name}", url, file_digest(path), Expected(None, None, None, None),
            ChecksumLock(lock) if lock is not None else None)
     if filename == "model.safetensors":
@@ -82,6 +69,86 @@ def fetch_hub_checkpoint(timm_name: str, out_dir: str | Path = DEFAULT_HUB_DIR, 
         _save_in_timm_layout(timm_name, path, dest)
     log.info("%s: checkpoint %s/%s saved to %s", timm_name, repo, filename, dest)
     return dest
+
+
+def fetch_openclip_checkpoint(arch: str, tag: str, out_dir: str | Path = DEFAULT_HUB_DIR, *,
+                              lock: str | Path | None = DEFAULT_LOCK, log: logging.Logger | None = None,
+                              endpoint: str | None = None, cache_dir: str | Path | None = None) -> Path:
+    """The local checkpoint of OpenCLIP ``arch`` with pretrained tag ``tag``, downloaded unless already there.
+
+    Raises :class:`DownloadError` (one line) when open_clip names no Hugging Face file for the tag,
+    the Hub cannot be reached, or the file differs from the lock file's entry.
+    """
+    log = log or logging.getLogger("pipeline.download")
+    what = f"OpenCLIP {arch} {tag}"
+    dest = openclip_checkpoint_path(arch, tag, out_dir)
+    if dest.is_file():
+        log.info("%s: checkpoint in place at %s", what, dest)
+        return dest
+    from pipeline import compat
+
+    compat.apply()   # before open_clip (it imports torchvision): the CPU torchvision shim
+    import open_clip
+    from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+
+    hf_hub = open_clip.get_pretrained_cfg(arch, tag).get("hf_hub", "")
+    if not hf_hub:
+        raise DownloadError(f"{what}: open_clip {open_clip.__version__} names no Hugging Face checkpoint for this "
+                            "tag; set models.<model>.weights to a checkpoint file instead")
+    # open_clip's convention: "org/repo/" means its default file name, "org/repo/file" that file
+    repo, filename = os.path.split(hf_hub)
+    filename = filename or HF_WEIGHTS_NAME
+    twin = HF_SAFE_WEIGHTS_NAME if filename == HF_WEIGHTS_NAME else \
+        (filename[:-4] + ".safetensors" if filename.endswith((".bin", ".pth")) else None)
+    path, filename, url = _download(what, repo, None, tuple(f for f in (twin, filename) if f), endpoint, cache_dir)
+    verify(what, f"hub/open_clip/{arch}/{tag}", url, file_digest(path), Expected(None, None, None, None),
+           ChecksumLock(lock) if lock is not None else None)
+    if filename.endswith(".safetensors"):
+        with atomic_path(dest) as tmp:
+            shutil.copyfile(path, tmp)
+    else:
+        _save_state_dict(path, dest, {"open_clip": arch, "tag": tag, "source": "hub"})
+    log.info("%s: checkpoint %s/%s saved to %s", what, repo, filename, dest)
+    return dest
+
+
+def _download(what: str, repo: str, revision: str | None, filenames: tuple[str, ...], endpoint: str | None,
+              cache_dir: str | Path | None) -> tuple[Path, str, str]:
+    """(cached path, file name, URL) of the first of ``filenames`` the repo has, through ``hf_hub_download``."""
+    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub.errors import RemoteEntryNotFoundError
+
+    base = (endpoint or constants.ENDPOINT).rstrip("/")
+    for filename in filenames:
+        try:
+            path = Path(hf_hub_download(repo, filename, revision=revision, endpoint=endpoint, cache_dir=cache_dir))
+        except RemoteEntryNotFoundError:
+            continue   # the library's own fallback: the next file name
+        except Exception as e:   # HTTP, connection, offline mode: all mean "not fetched"; say why in one line
+            offline = " (HF_HUB_OFFLINE=1 is set: use HF_HUB_OFFLINE=0 where there is network)" \
+                if constants.HF_HUB_OFFLINE else ""
+            raise DownloadError(f"{what}: cannot fetch {filename} of {repo} from {base}{offline}: "
+                                f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}; run the fetch on "
+                                "a machine with network (a login node), or set weights: to a checkpoint file") from None
+        return path, filename, f"{base}/{repo}/resolve/{revision or 'main'}/{filename}"
+    raise DownloadError(f"{what}: {repo} on {base} has none of {list(filenames)}")
+
+
+def _save_state_dict(path: Path, dest: Path, metadata: dict[str, str]) -> None:
+    """A plain state-dict file (``torch.load(weights_only=True)``: no code runs) saved as safetensors."""
+    import torch
+    from safetensors.torch import save_file
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise DownloadError(f"{path}: not a plain state dict ({type(e).__name__}); set weights: to a "
+                            "checkpoint file instead") from None
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise DownloadError(f"{path}: does not hold a state dict of tensors")
+    with atomic_path(dest) as tmp:
+        save_file({k: v.contiguous() for k, v in sorted(state.items())}, str(tmp), metadata=metadata)
 
 
 def _save_in_timm_layout(timm_name: str, path: Path, dest: Path) -> None:

@@ -14,3 +14,8 @@ DEFAULT_HUB_DIR = Path("data/hub")
 def hub_checkpoint_path(timm_name: str, out_dir: str | Path = DEFAULT_HUB_DIR) -> Path:
     """``data/hub/<timm_name>.safetensors``: the ``weights: hub`` checkpoint ``python -m pipeline fetch`` writes."""
     return Path(out_dir) / f"{timm_name}.safetensors"
+
+
+def openclip_checkpoint_path(arch: str, tag: str, out_dir: str | Path = DEFAULT_HUB_DIR) -> Path:
+    """``data/hub/open_clip/<arch>/<tag>.safetensors``: an OpenCLIP ``hub:<tag>`` checkpoint ``fetch`` writes."""
+    return Path(out_dir) / "open_clip" / arch / f"{tag}.safetensors"

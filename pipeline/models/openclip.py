@@ -37,6 +37,8 @@ from pipeline import compat
 compat.apply()
 import open_clip  # noqa: E402
 
+from pipeline.download.paths import openclip_checkpoint_path  # noqa: E402
+
 HUB_PREFIX = "hub:"
 _REGISTERED: set[str] = set()
 
@@ -209,19 +211,23 @@ def _load_clip_state(model: nn.Module, state: dict[str, torch.Tensor], where: st
 def resolve_weights(model_cfg: Mapping, name: str = "<model>") -> dict[str, torch.Tensor]:
     """The full CLIP state dict an entry's ``weights`` names (for the backbone stage to save).
 
-    ``hub:<tag>`` downloads once through open_clip / huggingface_hub (cached; offline with
-    ``HF_HUB_OFFLINE=1`` if cached); a file is checked strictly against the architecture.
+    ``hub:<tag>`` reads the file ``python -m pipeline fetch`` wrote (``data/hub/open_clip/``), else
+    downloads once through open_clip / huggingface_hub (cached; offline with ``HF_HUB_OFFLINE=1`` if
+    cached); a file is checked strictly against the architecture.
     """
     check_entry(name, model_cfg)
     arch = str(model_cfg["open_clip"])
     kind, arg = parse_weights(model_cfg.get("weights"))
-    if kind == "hub":
+    if kind == "hub" and openclip_checkpoint_path(arch, arg).is_file():
+        model = create_clip(model_cfg, openclip_checkpoint_path(arch, arg), name)   # what fetch put there
+    elif kind == "hub":
         try:
             model = open_clip.create_model(arch, pretrained=arg, **_arch_kwargs(model_cfg, arch))
         except RuntimeError as e:
             detail = str(e).splitlines()[0][:200]
             raise OpenCLIPConfigError(f"{_key(name, 'weights')}: could not fetch OpenCLIP {arch} {arg!r} ({detail}); "
-                                      "on an offline machine set a file path") from None
+                                      f"run `python -m pipeline fetch --params <file>` where there is network (it "
+                                      f"writes {openclip_checkpoint_path(arch, arg)}), or set a file path") from None
     else:
         model = create_clip(model_cfg, arg if kind == "file" else None, name)
     return {k: v.detach().float().contiguous().clone() for k, v in model.state_dict().items()}
