@@ -89,7 +89,8 @@ def fetch_openclip_checkpoint(arch: str, tag: str, out_dir: str | Path = DEFAULT
 
     compat.apply()   # before open_clip (it imports torchvision): the CPU torchvision shim
     import open_clip
-    from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+    from open_clip.constants import HF_WEIGHTS_NAME
+    from open_clip.pretrained import _get_safe_alternatives  # open_clip's own .safetensors-first rule
 
     hf_hub = open_clip.get_pretrained_cfg(arch, tag).get("hf_hub", "")
     if not hf_hub:
@@ -98,9 +99,8 @@ def fetch_openclip_checkpoint(arch: str, tag: str, out_dir: str | Path = DEFAULT
     # open_clip's convention: "org/repo/" means its default file name, "org/repo/file" that file
     repo, filename = os.path.split(hf_hub)
     filename = filename or HF_WEIGHTS_NAME
-    twin = HF_SAFE_WEIGHTS_NAME if filename == HF_WEIGHTS_NAME else \
-        (filename[:-4] + ".safetensors" if filename.endswith((".bin", ".pth")) else None)
-    path, filename, url = _download(what, repo, None, tuple(f for f in (twin, filename) if f), endpoint, cache_dir)
+    names = (*_get_safe_alternatives(filename), filename)
+    path, filename, url = _download(what, repo, None, names, endpoint, cache_dir)
     verify(what, f"hub/open_clip/{arch}/{tag}", url, file_digest(path), Expected(None, None, None, None),
            ChecksumLock(lock) if lock is not None else None)
     if filename.endswith(".safetensors"):
