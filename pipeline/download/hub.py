@@ -29,7 +29,7 @@ from pipeline.download.errors import DownloadError
 from pipeline.download.manifest import Expected
 from pipeline.download.paths import DEFAULT_HUB_DIR, hub_checkpoint_path, openclip_checkpoint_path
 from pipeline.download.verify import DEFAULT_LOCK, ChecksumLock, file_digest, verify
-from pipeline.io import atomic_path
+from pipeline.io import atomic_path, save_tensors
 
 _TIMM_FILES = ("model.safetensors", "pytorch_model.bin")   # timm's order when the config names no file
 
@@ -137,7 +137,6 @@ def _download(what: str, repo: str, revision: str | None, filenames: tuple[str, 
 def _save_state_dict(path: Path, dest: Path, metadata: dict[str, str]) -> None:
     """A plain state-dict file (``torch.load(weights_only=True)``: no code runs) saved as safetensors."""
     import torch
-    from safetensors.torch import save_file
 
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -147,17 +146,14 @@ def _save_state_dict(path: Path, dest: Path, metadata: dict[str, str]) -> None:
     state = state.get("state_dict", state) if isinstance(state, dict) else state
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise DownloadError(f"{path}: does not hold a state dict of tensors")
-    with atomic_path(dest) as tmp:
-        save_file({k: v.contiguous() for k, v in sorted(state.items())}, str(tmp), metadata=metadata)
+    save_tensors(dest, state, metadata)   # sorted metadata: the same file for the same weights
 
 
 def _save_in_timm_layout(timm_name: str, path: Path, dest: Path) -> None:
     """Load ``path`` as timm would (its checkpoint filter remaps foreign layouts) and save the state dict."""
     import timm
-    from safetensors.torch import save_file
 
     model = timm.create_model(timm_name, pretrained=True,
                               pretrained_cfg_overlay={"file": str(path), "source": ""})
-    state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(dest) as tmp:
-        save_file(state, str(tmp), metadata={"timm_name": timm_name, "source": "hub"})
+    save_tensors(dest, {k: v.detach().clone() for k, v in model.state_dict().items()},
+                 {"timm_name": timm_name, "source": "hub"})
