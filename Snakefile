@@ -1,4 +1,4 @@
-# A thin view of the stage registry (pipeline/stages.py): one rule per stage,
+# A thin view of the stage registry (pipeline/stages/registry.py): one rule per stage,
 # built in a loop. Stages are defined there, never here.
 #   snakemake --cores 2                 run everything that is out of date
 #   snakemake --profile profiles/slurm  submit to a Slurm cluster
@@ -9,11 +9,13 @@ import json
 import sys
 
 from pipeline.config import ParamsError, load_params
-from pipeline.stages import STAGES, WILDCARD_PATTERNS, code_digest, job_inputs
+from pipeline.config.frozen import freeze
+from pipeline.stages.registry import STAGES, WILDCARD_PATTERNS, code_digest, job_inputs, targets
 
 PARAMS = str(config.get("params", "params.yaml"))
 try:
-    CFG = load_params(PARAMS)
+    # Frozen: planning answers (a run's settings, a stage's jobs) are computed once per config.
+    CFG = freeze(load_params(PARAMS))
 except ParamsError as err:
     # One line naming the key, and nothing runs.
     sys.stderr.write(f"error: {err}\n")
@@ -40,9 +42,9 @@ def _wanted(wc):
 
 
 onstart:
-    # Checks that need torch and timm (pipeline/preflight.py), once, before the first job
+    # Checks that need torch and timm (pipeline/tools/preflight.py), once, before the first job
     # (not on dry runs): unknown models, missing weights, image sizes, freeze policies, batch sizes.
-    from pipeline.preflight import check
+    from pipeline.tools.preflight import check
 
     try:
         check(CFG, PARAMS)
@@ -54,11 +56,11 @@ onstart:
 rule all:
     default_target: True
     input:
-        [p for st in STAGES for wc in st.jobs(CFG) if _wanted(wc) for p in st.output_paths(wc).values()],
+        targets(CFG, _wanted),
 
 
 def _inputs(st):
-    # Source files are tracked by content through the `code` param (pipeline.stages.code_digest).
+    # Source files are tracked by content through the `code` param (pipeline.stages.registry.code_digest).
     return lambda wc: job_inputs(st, CFG, dict(wc.items()), code=False)
 
 
@@ -72,9 +74,11 @@ def _gpus(st):
 
 
 def _params(st):
-    # The resolved values of the keys the stage reads: Snakemake's params trigger
-    # then re-runs exactly the jobs whose keys changed, as DVC's params deps do.
-    return lambda wc: json.dumps(st.param_values(CFG, dict(wc.items())), sort_keys=True)
+    # The values of the keys the stage reads, and of the registry defaults it resolves where params.yaml
+    # is silent (pipeline/config/defaults.py): Snakemake's params trigger then re-runs exactly the jobs
+    # whose values changed, as DVC's params deps (params.yaml, params.defaults.yaml) do.
+    return lambda wc: json.dumps({"params": st.param_values(CFG, dict(wc.items())),
+                                  "defaults": st.default_values(CFG, dict(wc.items()))}, sort_keys=True)
 
 
 def _code(st):

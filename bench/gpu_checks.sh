@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The GPU checks, as one script: the CUDA-only tests (no host sync inside a training step,
-# device-side augmentation, loader), then the training and inference benchmarks on the device.
+# The GPU checks, as one script: the CUDA-only tests (no host sync inside a training step, the input
+# transforms and the loader on the device, torchvision's JPEG decoder where its extension loads), then
+# the training, inference and input-path benchmarks on the device.
 # Usage (on a CUDA node, from the repository root, in the project's environment):
 #     bash bench/gpu_checks.sh [OUT_DIR]
 # Each benchmark also writes its numbers as JSON into OUT_DIR (default: bench-gpu/).
@@ -23,3 +24,8 @@ python bench/inference.py --device cuda --model vit_base_patch16_224 --image-siz
     --json "$out/inference_bf16.json"
 python bench/inference.py --device cuda --model convnext_base --image-size 224 --images 4096 --bf16 --channels-last \
     --json "$out/inference_convnext_bf16.json"
+# The input path onto the GPU: CPU decoding (torchvision's decode_jpeg where it loads) in 8 threads, then
+# with nvJPEG (batched decode_jpeg(device="cuda")); crops and resizes by the batched matmul executor.
+dl="python bench/data_loading.py --device cuda --images 4096 --batch-size 256 --workers 8 --repeats 3"
+$dl --json "$out/input_path_cpu_decode.json"
+PIPELINE_JPEG_DECODER=nvjpeg $dl --json "$out/input_path_nvjpeg.json"

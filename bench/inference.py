@@ -1,17 +1,18 @@
-"""Inference throughput: prefetched uint8 batches normalised on the device vs bare inference.
+"""Inference throughput: stored images through the model's eval transform on the device vs bare inference.
 
     python bench/inference.py [--model NAME] [--image-size S] [--images N] [--batch-size B]
                               [--device cpu|cuda] [--threads T] [--bf16] [--channels-last]
                               [--repeats R] [--json PATH]
 
 A headless timm model (``num_classes=0``, random weights: speed does not depend on
-them) extracts features from N random uint8 images in a memory-mapped shard, three ways:
+them) extracts features from N random uint8 S x S images in a memory-mapped raw shard (the eval
+transform at crop_pct 1: no resampling, as for the digits demo), three ways:
 
 * bare: the model alone over batches already normalised and resident on the device (under
   the same autocast);
 * pipeline: :func:`pipeline.models.inference.predict_logits`, the path of feature
   extraction, evaluation, WiSE-FT, soups and ID-val: ``Prefetcher`` (background gather,
-  pinned, non-blocking copies on CUDA), ``augment.normalize`` on the device, outputs copied
+  pinned, non-blocking copies on CUDA), the ``EvalTransform`` on the device, outputs copied
   non-blocking into one (pinned) host tensor, a single device sync at the end;
 * naive: normalise on the CPU, ``.to(device)``, ``.cpu()`` per batch (how inference ran before).
 
@@ -39,7 +40,7 @@ from pipeline import compat
 compat.apply()  # before timm
 import timm  # noqa: E402
 
-from pipeline.data.augment import normalize  # noqa: E402
+from pipeline.data.augment import EvalTransform, normalize  # noqa: E402
 from pipeline.data.loader import sequential_batches  # noqa: E402
 from pipeline.models.inference import predict_logits  # noqa: E402
 
@@ -47,7 +48,8 @@ from pipeline.models.inference import predict_logits  # noqa: E402
 @torch.no_grad()
 def naive_features(model: nn.Module, images: np.ndarray, mean, std, batch_size: int = 256) -> torch.Tensor:
     device = next(model.parameters()).device
-    return torch.cat([model(normalize(torch.from_numpy(np.array(images[sl])), mean, std).to(device)).float().cpu()
+    return torch.cat([model(normalize(torch.from_numpy(np.array(images[sl])).permute(0, 3, 1, 2), mean, std)
+                            .to(device)).float().cpu()
                       for sl in sequential_batches(len(images), batch_size)])
 
 
@@ -87,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         shard.flush()
         del shard
         images = np.load(path, mmap_mode="r")
-        resident = [normalize(torch.from_numpy(np.array(images[sl])).to(device), mean, std, memory_format=fmt)
+        resident = [normalize(torch.from_numpy(np.array(images[sl])).to(device).permute(0, 3, 1, 2), mean, std,
+                              memory_format=fmt)
                     for sl in sequential_batches(len(images), args.batch_size)]
 
         @torch.no_grad()
@@ -98,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
 
         paths: dict[str, Callable[[], object]] = {
             "bare": bare,
-            "pipeline": lambda: predict_logits(model, images, mean, std, args.batch_size, precision, fmt)}
+            "pipeline": lambda: predict_logits(model, images, EvalTransform(args.image_size, mean, std),
+                                               args.batch_size, precision, fmt)}
         if not args.bf16 and not args.channels_last:
             paths["naive"] = lambda: naive_features(model, images, mean, std, args.batch_size)
             torch.testing.assert_close(paths["pipeline"](), paths["naive"](), atol=1e-4, rtol=1e-4)

@@ -7,10 +7,12 @@
 
 * bare: fixed synthetic tensors already on the device; forward, backward, optimizer step, nothing
   else (the same AdamW, the same autocast);
-* train: ``pipeline.training.loop.train`` on a shard of random uint8 images: prefetching thread,
-  device-side random-resized-crop + flip + normalisation, the method's optimizer, schedule,
-  non-finite check and progress monitor. Its images/s are the monitor's (training only: the
-  ID-val passes before and after are not counted).
+* train: ``pipeline.training.loop.train`` on a split stored as prepare_data stores it: JPEG q90 photo
+  crops (scikit-learn's and scikit-image's photographs) with the shorter side at 256/224 of the input
+  size, aspect kept; loading thread with JPEG decoding, the recipe's RandomResizedCrop + flip +
+  normalisation of the batch on the device, the method's optimizer, schedule, non-finite check and
+  progress monitor. Its images/s are the monitor's (training only: the ID-val passes before and
+  after are not counted).
 
 The two run alternately ``--repeats`` times; the table gives best and median images/s and the
 ratio of medians. Targets: >= 0.95 on CPU (vit_small_patch16_224 at 224 px), >= 0.90 on CUDA
@@ -41,7 +43,9 @@ compat.apply()
 import timm  # noqa: E402
 
 from pipeline.config.settings import default_settings  # noqa: E402
-from pipeline.data.shards import SplitData  # noqa: E402
+from pipeline.data.augment import EvalTransform, InputTransforms, TrainTransform  # noqa: E402
+from pipeline.data.images import Storage, encode, fit  # noqa: E402
+from pipeline.data.shards import ImageStore, SplitData  # noqa: E402
 from pipeline.methods.assemble import assemble  # noqa: E402
 from pipeline.training.loop import LoopConfig, train  # noqa: E402
 from pipeline.training.monitor import Monitor  # noqa: E402
@@ -91,23 +95,48 @@ def bare(args, device: torch.device, runtime: Runtime) -> float:
     return args.steps * args.batch_size / (time.perf_counter() - t0)
 
 
+def photo_store(n: int, short_side: int, seed: int = 0) -> ImageStore:
+    """``n`` JPEG q90 records of photo crops (aspect 3:4 to 4:3, both orientations), shorter side ``short_side``."""
+    import skimage.data
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    pool = [*load_sample_images().images, skimage.data.astronaut(), skimage.data.coffee(), skimage.data.chelsea()]
+    rng = np.random.default_rng(seed)
+    records, index, offset = [], np.zeros((n, 4), np.int64), 0
+    for i in range(n):
+        src = pool[i % len(pool)]
+        h, w = src.shape[:2]
+        ch, cw = int(rng.integers(h // 2, h + 1)), int(rng.integers(w // 2, w + 1))
+        top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+        crop = fit(Image.fromarray(src[top:top + ch, left:left + cw]), short_side)
+        record, rh, rw = encode(crop, Storage(short_side, "jpeg", 90))
+        records.append(record)
+        index[i] = (offset, len(record), rh, rw)
+        offset += len(record)
+    return ImageStore(np.frombuffer(b"".join(records), dtype=np.uint8), index, "jpeg")
+
+
 def pipeline_train(args, device: torch.device, precision: str, deterministic: bool = True) -> float:
     """Images/s of ``train()`` over ``args.steps`` steps (its own monitor: evaluation excluded)."""
     n = args.batch_size * args.steps
     rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (n, args.image_size, args.image_size, 3), dtype=np.uint8)
-    data = SplitData(images, pd.DataFrame({"label": rng.integers(0, 10, n)}))
-    val = SplitData(images[:8], data.metadata.iloc[:8].reset_index(drop=True))
+    store = args.store if getattr(args, "store", None) is not None else photo_store(n, args.storage_size)
+    args.store = store   # built once, shared by the repeats
+    labels = pd.DataFrame({"label": rng.integers(0, 10, n)})
+    data = SplitData(store, labels)
+    val = SplitData(ImageStore(store.data, store.index[:8], store.encoding), labels.iloc[:8].reset_index(drop=True))
     model = make_model(args.model, args.image_size, device)
     s = settings(args, precision=precision, deterministic=deterministic)
     set_determinism(deterministic)
     runtime = resolve(s, device, model)
     method = assemble(model, s, device=device)
     cfg = LoopConfig(epochs=1, batch_size=args.batch_size, warmup_epochs=0.0, label_smoothing=0.0, grad_clip=0.0,
-                     bn="eval", seed=0, crop_scale=(0.08, 1.0), hflip=True, accumulate=args.accumulate,
-                     log_every_s=1e9)
+                     bn="eval", seed=0, accumulate=args.accumulate, log_every_s=1e9)
     mean, std = tuple(model.pretrained_cfg["mean"]), tuple(model.pretrained_cfg["std"])
-    result = train(model, method.optimizer, data, val, mean, std, cfg, hooks=method.hooks, runtime=runtime,
+    transforms = InputTransforms(TrainTransform(args.image_size, mean, std, (0.08, 1.0), hflip=True),
+                                 EvalTransform(args.image_size, mean, std, crop_pct=0.875))
+    result = train(model, method.optimizer, data, val, transforms, cfg, hooks=method.hooks, runtime=runtime,
                    monitor=Monitor("bench", device, every_s=1e9))
     return float(result.cost["images_per_s"])
 
@@ -155,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (CPU)")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
+    args.storage_size, args.store = round(args.image_size * 256 / 224), None   # the recipes' storage per crop size
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     args.model = args.model or ("vit_base_patch16_224" if cuda else "vit_small_patch16_224")
@@ -168,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rates_bare, rates_train = median_pair(lambda: bare(args, device, runtime),
                                           lambda: pipeline_train(args, device, runtime.precision), args.repeats)
-    out = {"args": vars(args), "bare": rates_bare, "train": rates_train,
+    out = {"args": {k: v for k, v in vars(args).items() if k != "store"}, "bare": rates_bare, "train": rates_train,
            "ratio": statistics.median(rates_train) / statistics.median(rates_bare)}
     print(f"{args.model} @ {args.image_size} px, batch {args.batch_size} (accumulate {args.accumulate}), "
           f"{device} {runtime.precision}{', compiled' if args.compile else ''}; {args.steps} steps x "

@@ -1,9 +1,9 @@
 """Command line: ``python -m pipeline <stage> --<wildcard> VALUE ...`` and tools.
 
-Every stage module exposes ``main(argv) -> int`` and gets its job from
-:func:`pipeline.job.parse_job`; this module only dispatches to them (by name, from the stage
-registry) and turns the user-facing errors into one line and an exit code. Nothing imports it
-but ``python -m pipeline`` and the ``pipeline`` console script.
+Every stage module (``pipeline/stages/<name>.py``) exposes ``main(argv) -> int`` and gets its job
+from :func:`pipeline.stages.job.parse_job`; this module only dispatches to them (by name) and turns
+the user-facing errors into one line and an exit code. Nothing imports it but ``python -m pipeline``
+and the ``pipeline`` console script.
 """
 from __future__ import annotations
 
@@ -13,10 +13,11 @@ import logging
 import sys
 
 from pipeline.config import ParamsError, load_params
+from pipeline.data.errors import PreparedDataError
 from pipeline.download.errors import DownloadError
-from pipeline.io import Preempted
-from pipeline.job import UndeclaredParamError
-from pipeline.stages import STAGES, STAGES_BY_NAME
+from pipeline.io import InputError, Preempted
+from pipeline.stages.job import UndeclaredParamError
+from pipeline.stages.registry import STAGES, STAGES_BY_NAME
 
 log = logging.getLogger("pipeline")
 PREEMPTED_EXIT = 75   # EX_TEMPFAIL
@@ -27,11 +28,18 @@ def _validate(argv: list[str]) -> int:
     p.add_argument("params", nargs="?", default="params.yaml")
     p.add_argument("--write", metavar="MARKER", help="on success, write this marker file (constant content)")
     p.add_argument("--deep", action="store_true",
-                   help="also check the models against the data (needs torch and timm: seconds; pipeline.preflight)")
+                   help="also check the models against the data (needs torch and timm: seconds; tools/preflight.py)")
+    p.add_argument("--rendered", action="store_true",
+                   help="also check that dvc.yaml and params.defaults.yaml are current (DVC's check_params stage)")
     args = p.parse_args(argv)
     cfg = load_params(args.params)
+    if args.rendered:
+        from pipeline.tools.dvc_render import stale
+
+        if reason := stale(cfg, args.params):
+            raise ParamsError(reason)
     if args.deep:
-        from pipeline.preflight import check
+        from pipeline.tools.preflight import check
 
         check(cfg, args.params)
     if args.write:
@@ -53,27 +61,39 @@ def _schema(argv: list[str]) -> int:
 
 
 def _export_dvc(argv: list[str]) -> int:
-    from pipeline.dvc_render import main as render_main
+    from pipeline.tools.dvc_render import main as render_main
 
     return render_main(argv)
 
 
 def _exps(argv: list[str]) -> int:
-    from pipeline.dvc_exps import main as exps_main
+    from pipeline.tools.dvc_exps import main as exps_main
 
     return exps_main(argv)
 
 
+def _exp_run(argv: list[str]) -> int:
+    from pipeline.tools.dvc_exps import run_main
+
+    return run_main(argv)
+
+
 def _fetch(argv: list[str]) -> int:
-    from pipeline.fetch import main as fetch_main
+    from pipeline.tools.fetch import main as fetch_main
 
     return fetch_main(argv)
 
 
 def _dvc_commit(argv: list[str]) -> int:
-    from pipeline.dvc_commit import main as commit_main
+    from pipeline.tools.dvc_commit import main as commit_main
 
     return commit_main(argv)
+
+
+def _verify_data(argv: list[str]) -> int:
+    from pipeline.tools.verify_data import main as verify_main
+
+    return verify_main(argv)
 
 
 def _wilds_predictions(argv: list[str]) -> int:
@@ -83,7 +103,8 @@ def _wilds_predictions(argv: list[str]) -> int:
 
 
 TOOLS = {"validate": _validate, "schema": _schema, "export-dvc": _export_dvc, "dvc-commit": _dvc_commit,
-         "exps": _exps, "fetch": _fetch, "wilds-predictions": _wilds_predictions}
+         "exps": _exps, "exp-run": _exp_run, "fetch": _fetch, "verify-data": _verify_data,
+         "wilds-predictions": _wilds_predictions}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,7 +117,9 @@ def main(argv: list[str] | None = None) -> int:
               "  export-dvc     render dvc.yaml from the registry\n"
               "  dvc-commit     record Snakemake's outputs in DVC, keeping their timestamps\n"
               "  exps           DVC experiments as one params-versus-metrics table\n"
+              "  exp-run        dvc exp run -S for values that name runs (re-renders dvc.yaml first)\n"
               "  fetch          download every dataset and hub checkpoint a config needs (run where there is network)\n"
+              "  verify-data    check prepared datasets against their index: sizes, counts, labels, SHA-256\n"
               "  wilds-predictions  WILDS-style prediction files from a run's predictions.npz")
         return 0 if argv else 2
     cmd, rest = argv[0], argv[1:]
@@ -120,8 +143,9 @@ def main(argv: list[str] | None = None) -> int:
         # A checkpoint was saved: exit "temporary failure" so that Snakemake's retry or Slurm's requeue resumes it.
         log.warning("%s", e)
         return PREEMPTED_EXIT
-    except (FileNotFoundError, FloatingPointError) as e:
-        # Missing data/weights and non-finite losses are user-facing: one clear line, no traceback.
+    except (FileNotFoundError, FloatingPointError, InputError, PreparedDataError) as e:
+        # Missing, outdated or altered data, missing weights, broken checkpoints, non-finite losses: one clear
+        # line, no traceback.
         log.error("%s", e)
         print(f"error: {e}", file=sys.stderr)
         return 1

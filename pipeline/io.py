@@ -2,8 +2,10 @@
 
 A stage never leaves a partially written file at an output path: it writes to a
 temporary sibling and renames it into place (``os.replace`` is atomic on POSIX).
-A job killed mid-write therefore leaves only ``.tmp-*`` debris, which neither
-Snakemake nor DVC takes for a finished output.
+A job killed mid-write (SIGKILL, the out-of-memory killer, a node lost) therefore leaves
+only ``.tmp-<name>-XXXXXXXX`` debris, which neither Snakemake nor DVC takes for a finished
+output, and which the next write of the same output removes (both runners let one job at a
+time write an output).
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -23,19 +26,55 @@ import numpy as np
 log = logging.getLogger("pipeline")
 
 
+class InputError(ValueError):
+    """A file or entry the pipeline was given that cannot be used (a broken checkpoint, say); ``str(err)`` is one
+    line naming it, which the command line prints without a traceback."""
+
+
 class Preempted(RuntimeError):
     """SIGTERM / SIGUSR1 arrived: a checkpoint was written; running the job again resumes it."""
 
 
+def _tmp_prefix(path: Path) -> str:
+    return f".tmp-{path.name}-"
+
+
+def remove_debris(path: str | os.PathLike) -> list[Path]:
+    """Remove what killed writes of ``path`` left beside it (its temporary siblings); return what was removed.
+
+    Only names this module makes for ``path``: the prefix and exactly the 8 characters ``tempfile`` adds.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    pattern = re.compile(re.escape(_tmp_prefix(path)) + r"[a-z0-9_]{8}")
+    removed = []
+    for entry in path.parent.iterdir():
+        if pattern.fullmatch(entry.name):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed.append(entry)
+    if removed:
+        log.info("removed %d temporary file(s) a killed write of %s left: %s", len(removed), path,
+                 ", ".join(p.name for p in removed))
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, is_dir: bool = False) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; rename it onto ``path`` on success."""
+    """Yield a temporary path next to ``path``; rename it onto ``path`` on success.
+
+    What an earlier, killed write of ``path`` left is removed first (:func:`remove_debris`).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_debris(path)
     if is_dir:
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{path.name}-", dir=path.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(path), dir=path.parent))
     else:
-        fd, name = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
+        fd, name = tempfile.mkstemp(prefix=_tmp_prefix(path), dir=path.parent)
         os.close(fd)
         tmp = Path(name)
     # mkstemp/mkdtemp create private (0600/0700) entries; give them the usual umask mode.

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 
-from pipeline.stages import STAGES_BY_NAME
+from pipeline.stages.registry import STAGES_BY_NAME, flatten
 
 _SNAKE_NODE = re.compile(r'^\s*(\d+)\[label = "([^"]*)"', re.M)
 _SNAKE_EDGE = re.compile(r"^\s*(\d+) -> (\d+)", re.M)
@@ -55,3 +55,29 @@ def dvc_dag(dot: str, skip: frozenset[str] = frozenset()) -> tuple[set[str], set
     nodes = {n for n in _DVC_NODE.findall(body) for n in [n[0]] if n not in ("node", "edge", "graph", "strict")}
     nodes |= {x for e in edges for x in e}
     return nodes - skip, {e for e in edges if not (set(e) & skip)}
+
+
+def snakemake_pending(out: str) -> set[str]:
+    """Registry job ids of the jobs a ``snakemake -n`` run lists (its ``rule``/``localrule`` blocks)."""
+    jobs = set()
+    for block in re.split(r"\n\s*\n", out):
+        head = re.search(r"^(?:local)?rule (\w+):", block, re.M)
+        if not head or head.group(1) == "all":
+            continue
+        found = re.search(r"^\s*wildcards: (.*)$", block, re.M)
+        wc = dict(kv.split("=", 1) for kv in found.group(1).split(", ")) if found else {}
+        st = STAGES_BY_NAME[head.group(1)]
+        jobs.add(st.job_id({w: wc[w] for w in st.wildcards}))
+    return jobs
+
+
+def users_and_downstream(cfg: dict, path: str) -> tuple[set[str], set[str]]:
+    """Jobs whose code includes ``path``, and those plus every job downstream of them (registry paths)."""
+    jobs = {st.job_id(wc): (st, wc) for st in STAGES_BY_NAME.values() for wc in st.jobs(cfg)}
+    users = {j for j, (st, wc) in jobs.items() if path in st.code_files(cfg, wc)}
+    produced = {p: j for j, (st, wc) in jobs.items() for p in st.output_paths(wc).values()}
+    needs = {j: {produced[p] for p in flatten(st.inputs(cfg, wc)) if p in produced} for j, (st, wc) in jobs.items()}
+    closure = set(users)
+    while new := {j for j, ups in needs.items() if ups & closure} - closure:
+        closure |= new
+    return users, closure

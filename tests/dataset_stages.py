@@ -33,22 +33,22 @@ def dataset_params(name: str, entry: dict, batch_size: int = 4) -> dict:
 
 def run_dataset_stages(workdir: Path, name: str, entry: dict, monkeypatch, batch_size: int = 4):
     """(PreparedDataset, metrics DataFrame) of one fine-tuning run on dataset ``name``."""
-    from pipeline.data.prepare import main as prepare_main
     from pipeline.data.shards import PreparedDataset
-    from pipeline.evaluation.evaluate import main as evaluate_main
     from pipeline.evaluation.metrics import read_tidy
-    from pipeline.models.weights import main as backbone_main
-    from pipeline.training.finetune import main as finetune_main
+    from pipeline.stages.backbone import main as backbone_main
+    from pipeline.stages.evaluate import main as evaluate_main
+    from pipeline.stages.finetune import main as finetune_main
+    from pipeline.stages.prepare_data import main as prepare_main
 
     (workdir / "params.yaml").write_text(yaml.safe_dump(dataset_params(name, entry, batch_size), sort_keys=False))
     monkeypatch.chdir(workdir)
-    run = ["--dataset", name, "--model", "tiny", "--method", "ft_adamw", "--hp", "default", "--seed", "0"]
+    run = ["--dataset", name, "--model", "tiny", "--method", "ft_adamw", "--hp", "epochs1_lr0.0003", "--seed", "0"]
     assert prepare_main(["--dataset", name]) == 0
     assert backbone_main(["--model", "tiny"]) == 0
     assert finetune_main(run) == 0
     assert evaluate_main(run) == 0
     data = PreparedDataset(workdir / "data/prepared" / name)
-    metrics = read_tidy([str(workdir / f"results/{name}/tiny/ft_adamw/default/seed0/metrics.csv")])
+    metrics = read_tidy([str(workdir / f"results/{name}/tiny/ft_adamw/epochs1_lr0.0003/seed0/metrics.csv")])
     return data, metrics
 
 
@@ -72,8 +72,8 @@ def prepare_inputs(root: Path, cfg: dict, dataset: str = "digits", model: str = 
     """Write ``cfg`` as root/params.yaml and run prepare_data and backbone there (a fine-tune's inputs)."""
     import os
 
-    from pipeline.data.prepare import main as prepare_main
-    from pipeline.models.weights import main as backbone_main
+    from pipeline.stages.backbone import main as backbone_main
+    from pipeline.stages.prepare_data import main as prepare_main
 
     (root / "params.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     cwd = os.getcwd()

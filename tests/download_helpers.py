@@ -31,19 +31,21 @@ def part_spec(urls: list[str], *, name: str = "blob.bin", to: str = "blob/blob.b
     if "sha256" in fields or "md5" in fields:
         file.setdefault("checksum_source", "the test that made the bytes")
     if member is not None:
-        file["extract"] = {"member": member, "to": to}
+        file["extract"] = {"member": member, "to": to, **file.pop("extract", {})}
     else:
         file["to"] = to
     return {"title": "Test part", "homepage": "http://127.0.0.1/", "layout": f"<root>/{to}",
             "check": check or [[to + ("/" if member is not None else "")]], "files": [file]}
 
 
-def one_part(urls: list[str], **kwargs) -> Manifest:
-    return parse_manifest({"parts": {"part": part_spec(urls, **kwargs)}}, "test manifest")
+def one_part(urls: list[str], *, limits: dict | None = None, **kwargs) -> Manifest:
+    """A manifest of the one part ``part`` (:func:`part_spec`), with top-level archive ``limits`` if given."""
+    return parse_manifest({"parts": {"part": part_spec(urls, **kwargs)}, **({"limits": limits} if limits else {})},
+                          "test manifest")
 
 
-def write_manifest(path: Path, parts: dict[str, dict]) -> Path:
-    path.write_text(yaml.safe_dump({"parts": parts}, sort_keys=False))
+def write_manifest(path: Path, parts: dict[str, dict], limits: dict | None = None) -> Path:
+    path.write_text(yaml.safe_dump({"parts": parts, **({"limits": limits} if limits else {})}, sort_keys=False))
     return path
 
 

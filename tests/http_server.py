@@ -2,17 +2,28 @@
 
 Each path serves a :class:`Route`: its bytes, optionally slowly, and optionally failing the
 first ``fail_times`` requests (or all) with an HTTP status, a closed connection or a stall. The
-server records every request (method, path, Range header) and counts the body bytes it wrote,
-so a test can assert "no connection at all", "a Range request was made" or "fewer than 1.5x the
-file's bytes went over the wire".
+server records every request (method, path, Range and If-Range headers) and counts the body bytes
+it wrote, so a test can assert "no connection at all", "a Range request was made" or "fewer than
+1.5x the file's bytes went over the wire".
+
+A route may send validators, as real hosts do: an ``ETag`` (derived from its current bytes) and a
+``Last-Modified`` date (one second later each time its bytes change), and honours ``If-Range``
+(RFC 9110: a validator that no longer matches gets the whole current file with ``200``). Its bytes
+may change while a client downloads: assign ``route.body``, or give ``then`` and ``change_after``
+(requests served before the route switches to ``then``), which covers a change between the first
+response and a resume within one download.
 """
 from __future__ import annotations
 
+import email.utils
+import hashlib
 import re
 import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+_EPOCH = 1_700_000_000   # Last-Modified of a route's first bytes
 
 
 @dataclass
@@ -27,7 +38,26 @@ class Route:
     delay: float = 0.0                 # seconds between chunks (a slow server)
     chunk: int = 64 * 1024
     headers: dict[str, str] = field(default_factory=dict)
+    etag: bool = False                 # send ETag: a strong tag derived from the current bytes
+    last_modified: bool = False        # send Last-Modified: a date that moves on each time the bytes change
+    honour_if_range: bool = True       # False: answer a Range request with 206 whatever If-Range says
+    then: bytes | None = None          # the bytes served once change_after requests have been answered
+    change_after: int | None = None
     hits: int = 0
+    version: int = 0                   # times the bytes changed
+
+    def __setattr__(self, name, value) -> None:
+        if name == "body" and "body" in self.__dict__ and value != self.__dict__["body"]:
+            self.__dict__["version"] = self.__dict__.get("version", 0) + 1
+        super().__setattr__(name, value)
+
+    def validators(self) -> dict[str, str]:
+        out = {}
+        if self.etag:
+            out["ETag"] = f'"{hashlib.sha256(self.body).hexdigest()[:24]}"'
+        if self.last_modified:
+            out["Last-Modified"] = email.utils.formatdate(_EPOCH + self.version, usegmt=True)
+        return out
 
 
 @dataclass(frozen=True)
@@ -35,6 +65,7 @@ class Request:
     method: str
     path: str
     range: str | None
+    if_range: str | None = None
 
 
 class LoopbackServer:
@@ -103,11 +134,13 @@ def _handler(server: LoopbackServer) -> type[BaseHTTPRequestHandler]:
             self._serve(head=False)
 
         def _serve(self, head: bool) -> None:
-            server._record(Request(self.command, self.path, self.headers.get("Range")))
+            server._record(Request(self.command, self.path, self.headers.get("Range"), self.headers.get("If-Range")))
             route = server.routes.get(self.path)
             if route is None:
                 self._empty(404)
                 return
+            if route.change_after is not None and route.hits >= route.change_after and route.then is not None:
+                route.body, route.then = route.then, None
             route.hits += 1
             failing = route.fail_times is None or route.hits <= route.fail_times
             if route.stall and failing:
@@ -118,8 +151,11 @@ def _handler(server: LoopbackServer) -> type[BaseHTTPRequestHandler]:
             if route.status and failing:
                 self._empty(route.status, route.headers)
                 return
-            body, start, code = route.body, 0, 200
+            body, start, code, validators = route.body, 0, 200, route.validators()
             match = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range", "") or "")
+            if_range = self.headers.get("If-Range")
+            if if_range and route.honour_if_range and if_range not in validators.values():
+                match = None   # the client's copy is of other bytes: the whole current file
             if match and not route.ignore_range:
                 start = int(match.group(1))
                 if start >= len(body):
@@ -132,7 +168,7 @@ def _handler(server: LoopbackServer) -> type[BaseHTTPRequestHandler]:
             self.send_header("Accept-Ranges", "none" if route.ignore_range else "bytes")
             if code == 206:
                 self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
-            for key, value in route.headers.items():
+            for key, value in {**validators, **route.headers}.items():
                 self.send_header(key, value)
             self.end_headers()
             if head:

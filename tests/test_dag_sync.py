@@ -7,15 +7,18 @@ from conftest import PYTHON, REPO, run_cli
 from dag import dvc_dag, snakemake_dag
 
 from pipeline.config import load_params
-from pipeline.dvc_render import CHECK_MARKER, CHECK_STAGE, render
-from pipeline.stages import STAGES, code_digest, source_files
+from pipeline.config.defaults import DEFAULTS_FILE
+from pipeline.stages.registry import STAGES, code_digest, source_files
+from pipeline.tools.dvc_render import CHECK_MARKER, CHECK_STAGE, render, render_defaults
 
 BIN = Path(PYTHON).parent
 
 
-def test_committed_dvc_yaml_is_fresh_render():
+def test_committed_dvc_yaml_and_defaults_are_fresh_renders():
     fresh = render(load_params(REPO / "params.yaml"))
     assert (REPO / "dvc.yaml").read_text() == fresh, "dvc.yaml is stale: run `python -m pipeline export-dvc`"
+    assert (REPO / DEFAULTS_FILE).read_text() == render_defaults(), \
+        f"{DEFAULTS_FILE} is stale: run `python -m pipeline export-dvc`"
 
 
 def test_a_grid_is_in_the_paths_not_in_the_tracked_params():
@@ -35,8 +38,12 @@ def test_every_stage_depends_on_its_own_code():
         files = st.code_files()
         assert files[0] == st.module.replace(".", "/") + ".py"
         assert all((REPO / f).is_file() for f in files)
-    assert "pipeline/training/loop.py" in source_files("pipeline.training.finetune")
-    assert "pipeline/cli.py" not in source_files("pipeline.training.finetune")
+    finetune = source_files("pipeline.stages.finetune")
+    assert "pipeline/training/loop.py" in finetune
+    # the packages Python runs on the way are code too; the CLI, the job contract and the registries are not
+    assert {"pipeline/training/__init__.py", "pipeline/methods/__init__.py"} <= set(finetune)
+    assert not {"pipeline/cli.py", "pipeline/stages/job.py", "pipeline/stages/registry.py",
+                "pipeline/methods/registry.py", "pipeline/config/settings.py", "pipeline/__init__.py"} & set(finetune)
 
 
 def test_a_dataset_depends_on_its_own_source_only():
@@ -65,7 +72,7 @@ def test_same_jobs_and_edges(graphs):
     assert s_nodes == expected
     assert d_nodes == expected
     assert s_edges == d_edges
-    assert ("linear_probe--digits--lite0", "finetune--digits--lite0--lpft--default--seed0") in s_edges
+    assert ("linear_probe--digits--lite0", "finetune--digits--lite0--lpft--epochs2_lr0p0001--seed0") in s_edges
     assert not any(b.startswith("finetune") and "ft_adamw" in b and a.startswith("linear_probe") for a, b in s_edges)
     # every grid point of a soup's methods feeds the soup of its seed, and only that one
     spd = [b for b in expected if b.startswith("finetune--digits--lite0--spd--") and b.endswith("seed1")]

@@ -6,9 +6,10 @@ import pandas as pd
 import pytest
 
 from pipeline.data.digits import build_digits_task
-from pipeline.data.prepare import main as prepare_main
-from pipeline.data.shards import PreparedDataset, write_prepared
+from pipeline.data.images import Storage
+from pipeline.data.shards import ImageStore, PreparedDataset, write_prepared
 from pipeline.io import atomic_path
+from pipeline.stages.prepare_data import main as prepare_main
 
 
 @pytest.fixture(scope="module")
@@ -66,12 +67,12 @@ def test_too_many_requested(task):
 
 def test_prepared_roundtrip(tmp_path, task):
     splits, info = task
-    write_prepared(tmp_path / "ds", splits, info)
+    write_prepared(tmp_path / "ds", splits, info, Storage(32, "raw"))
     ds = PreparedDataset(tmp_path / "ds")
     assert ds.num_classes == 10 and ds.split_names == list(splits)
     s = ds.split("ood_test")
-    assert isinstance(s.images, np.memmap)
-    assert np.array_equal(np.asarray(s.images), splits["ood_test"][0])
+    assert isinstance(s.images, ImageStore) and isinstance(s.images.data, np.memmap)
+    assert np.array_equal(s.images.stack(), splits["ood_test"][0])   # raw: lossless
     assert list(s.labels) == list(splits["ood_test"][1]["label"])
     with pytest.raises(KeyError, match="not in"):
         ds.split("nope")
@@ -86,7 +87,7 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path, task):
     splits, info = task
     bad = dict(splits, broken=(splits["train"][0][:3], splits["train"][1]))  # 3 images, 50 rows
     with pytest.raises(ValueError, match="3 images but 50"):
-        write_prepared(tmp_path / "ds", bad, info)
+        write_prepared(tmp_path / "ds", bad, info, Storage(32))
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(RuntimeError), atomic_path(tmp_path / "f.txt") as tmp:
         tmp.write_text("half")
@@ -98,5 +99,6 @@ def test_prepare_stage_main(tiny_workdir):
     assert prepare_main(["--dataset", "digits"]) == 0
     info = json.loads((tiny_workdir / "data/prepared/digits/info.json").read_text())
     assert info["splits"]["train"] == 60 and len(info["config_hash"]) == 12
+    assert info["storage"] == {"size": 32, "encoding": "raw", "quality": 90} and info["format"] == 2
     meta = pd.read_csv(tiny_workdir / "data/prepared/digits/metadata.csv")
     assert list(meta.columns) == ["split", "index", "label", "domain", "group", "source"]

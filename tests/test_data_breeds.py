@@ -37,7 +37,7 @@ def tiny(root: Path, task: str = "living17") -> Path:
 
 
 def entry(root: Path, task: str = "living17") -> dict:
-    return {"source": task, "root": str(root), "image_size": 32, "id_val_fraction": 0.2, "ood_val_fraction": 0.2}
+    return {"source": task, "root": str(root), "storage_size": 32, "id_val_fraction": 0.2, "ood_val_fraction": 0.2}
 
 
 @pytest.fixture(scope="module")

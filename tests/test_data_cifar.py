@@ -36,7 +36,7 @@ def raw(tmp_path: Path) -> Path:
 
 def entry(raw: Path, **extra) -> dict:
     """id_val_fraction 0.2: one of the five train images per class."""
-    return {"source": "cifar10", "root": str(raw), "image_size": 32, "id_val_fraction": 0.2, **extra}
+    return {"source": "cifar10", "root": str(raw), "storage_size": 32, "id_val_fraction": 0.2, **extra}
 
 
 def prepare_into(tmp_path: Path, cfg: dict, name: str = NAME) -> PreparedDataset:
@@ -72,17 +72,18 @@ def test_end_to_end(tmp_path: Path, raw: Path, monkeypatch) -> None:
 
 
 def test_pixels_follow_labels_and_orientation(tmp_path: Path, raw: Path) -> None:
-    """Each row's image is the one its label and domain say; STL's column-major storage is undone."""
-    data = prepare_into(tmp_path, entry(raw))
+    """Each row's image is the one its label and domain say; STL's column-major storage is undone (stored raw:
+    lossless, so every pixel can be checked)."""
+    data = prepare_into(tmp_path, entry(raw, encoding="raw"))
     ramp = np.arange(32, dtype=np.uint8) * 8
     for name in data.split_names:
         split = data.split(name)
         offsets = split.metadata["domain"].map(RED_OFFSET).to_numpy()
-        np.testing.assert_array_equal(split.images[..., 0].mean(axis=(1, 2)), 20 * split.labels + offsets)
-        green, blue = split.images[..., 1].astype(int), split.images[..., 2].astype(int)
+        np.testing.assert_array_equal(split.images.stack()[..., 0].mean(axis=(1, 2)), 20 * split.labels + offsets)
+        green, blue = split.images.stack()[..., 1].astype(int), split.images.stack()[..., 2].astype(int)
         assert (np.diff(green, axis=1) > 0).all() and (np.diff(green, axis=2) == 0).all()   # rows go down
         assert (np.diff(blue, axis=2) > 0).all() and (np.diff(blue, axis=1) == 0).all()     # columns go right
-    cifar = data.split("id_test").images
+    cifar = data.split("id_test").images.stack()
     assert (cifar[:, :, 0, 1] == ramp).all() and (cifar[:, 0, :, 2] == ramp).all()   # 32 px: kept exactly
 
 
@@ -93,7 +94,7 @@ def test_python_version_matches_binary(tmp_path: Path) -> None:
     a, b = (prepare_into(tmp_path, entry(tmp_path / v), name=v) for v in ("bin", "py"))
     assert a.metadata.equals(b.metadata)
     for s in a.split_names:
-        np.testing.assert_array_equal(a.split(s).images, b.split(s).images)
+        np.testing.assert_array_equal(a.split(s).images.stack(), b.split(s).images.stack())
 
 
 def test_binary_preferred_over_python(tmp_path: Path, raw: Path) -> None:

@@ -31,7 +31,7 @@ def raw(tmp_path: Path) -> Path:
 
 def entry(raw: Path, **extra) -> dict:
     """Fractions large enough to hold out whole images from 4 train images per class."""
-    return {"source": "domainnet", "root": str(raw), "image_size": 32, "id_val_fraction": 0.25,
+    return {"source": "domainnet", "root": str(raw), "storage_size": 20, "id_val_fraction": 0.25,
             "ood_val_fraction": 0.5, **extra}
 
 
@@ -52,7 +52,8 @@ def test_end_to_end(tmp_path: Path, raw: Path, monkeypatch) -> None:
         meta = data.split(split).metadata
         assert set(meta["domain"]) == {domain} and set(meta["group"]) == {domain}
         assert meta["label"].value_counts().to_dict() == {0: per_class, 1: per_class, 2: per_class}
-        assert data.split(split).images.shape == (3 * per_class, 32, 32, 3)
+        # 24 x 30 originals, storage_size 20: the shorter side to 20, the aspect ratio kept
+        assert data.split(split).images.stack().shape == (3 * per_class, 20, 25, 3)
     # Label = rank in the official order: the Eiffel Tower's images (official label 308) get label 2.
     test = data.split("id_test").metadata
     assert set(test.loc[test["source"].str.contains("/The_Eiffel_Tower/"), "label"]) == {2}

@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from dataset_stages import broken_data_error, metric, prepare_fails, run_fabricated
@@ -24,7 +25,7 @@ SIZES = {"train": 32, "id_val": 8, "id_test": 12, "ood_test": 20}   # 4 classes 
 
 
 def entry(root: Path, **extra) -> dict:
-    return {"source": "imagenet", "root": str(root), "image_size": 32, "id_val_fraction": 0.2, **extra}
+    return {"source": "imagenet", "root": str(root), "storage_size": 32, "id_val_fraction": 0.2, **extra}
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,7 @@ def test_stages_end_to_end(stages):
     assert data.info["splits"] == SIZES and data.aliases == {}
     assert data.info["classes"] == WNIDS
     assert data.info["class_subsets"] == {"imagenet_r": [1, 3], "imagenet_a": [0, 2]}
-    assert data.split("train").images.shape[1:] == (32, 32, 3)
+    assert data.split("train").images.stack().shape[1:] == (12, 16, 3)   # not square, not enlarged
     for split in ("train", "id_val", "id_test"):
         meta = data.split(split).metadata
         assert set(meta["domain"]) == {"imagenet"}
@@ -112,14 +113,20 @@ def test_class_names_and_variant_choice(tmp_path):
         imagenet.manifest("inet", entry(raw, ood=["objectnet"]))
 
 
-def test_default_holdout_is_two_percent(tmp_path):
-    """Model Soups' ImageNet2p: 2% of each class (here 50 images per class -> 1)."""
+def fifty_per_class(tmp_path: Path) -> Path:
+    """Two classes of 50 train images (and one val image each), with ImageNet-R."""
     raw = tmp_path / "raw"
     for c, wnid in enumerate(WNIDS[:2]):
         for i in range(50):
             write_jpeg(raw / "imagenet/train" / wnid / f"{i}.JPEG", i)
         write_jpeg(raw / "imagenet/val" / wnid / "v.JPEG", c)
     write_jpeg(raw / "imagenet-r" / WNIDS[0] / "r.jpg", 0)
+    return raw
+
+
+def test_default_holdout_is_two_percent(tmp_path):
+    """Model Soups' ImageNet2p: 2% of each class (here 50 images per class -> 1)."""
+    raw = fifty_per_class(tmp_path)
     split = imagenet.manifest("inet", {"root": str(raw), "ood": ["imagenet_r"]}).records["split"]
     assert (split == "id_val").sum() == 2 and (split == "train").sum() == 98
 
@@ -160,3 +167,20 @@ def test_a_wnid_error_says_which_variant(tmp_path):
     write_jpeg(raw / "imagenet-a/n09999999/x.jpg", 0)
     with pytest.raises(MissingDataError, match=r"imagenet_a class n09999999 .* is not an ImageNet class"):
         imagenet.manifest("inet", entry(raw))
+
+
+def test_id_val_need_not_be_held_out(tmp_path):
+    """id_val_held_out: false (WiSE-FT trains on 100% of ImageNet): train keeps every image and id_val is the same
+    seeded sample, copied, only to monitor training; info.json says so."""
+    raw = fifty_per_class(tmp_path)
+    held = imagenet.manifest("inet", {"root": str(raw), "ood": ["imagenet_r"]})
+    whole = imagenet.manifest("inet", {"root": str(raw), "ood": ["imagenet_r"], "id_val_held_out": False})
+    rec = whole.records
+    assert (rec["split"] == "train").sum() == 100 and (rec["split"] == "id_val").sum() == 2
+    val = rec.loc[rec["split"] == "id_val", ["source", "label"]].reset_index(drop=True)
+    pd.testing.assert_frame_equal(val, held.records.loc[held.records["split"] == "id_val", ["source", "label"]]
+                                  .reset_index(drop=True))
+    assert set(val["source"]) <= set(rec.loc[rec["split"] == "train", "source"])
+    assert whole.info.get("id_val_held_out") is False and "id_val_held_out" not in held.info
+    assert held.records[held.records["split"] == "train"].reset_index(drop=True).equals(
+        rec[(rec["split"] == "train") & ~rec["source"].isin(val["source"])].reset_index(drop=True))

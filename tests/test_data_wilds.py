@@ -46,7 +46,7 @@ TRAIN_LABELS = {"waterbirds": {0, 1}, "camelyon17": {0, 1}, "fmow": {0, 6, 12, 6
 
 
 def entry(name: str, root: Path) -> dict:
-    return {"source": name, "root": str(root), "image_size": 32}
+    return {"source": name, "root": str(root), "storage_size": 32}
 
 
 def prepared(tmp_path: Path, name: str) -> PreparedDataset:
@@ -77,7 +77,7 @@ def test_stages_end_to_end(tmp_path, monkeypatch, name):
     sizes, aliases, keys, splits = EXPECTED[name]
     assert data.info["splits"] == sizes and data.aliases == aliases
     assert data.info["official_eval"] == {"kind": "wilds", "dataset": name, "metrics": keys, "splits": splits}
-    assert data.split("train").images.shape[1:] == (32, 32, 3)
+    assert data.split("train").images.stack().shape[1:] == (12, 12, 3)   # smaller than storage_size: kept as is
     for split, domains in DOMAINS[name].items():
         assert set(data.split(split).metadata["domain"]) == domains
     assert set(data.split("train").labels) == TRAIN_LABELS[name]

@@ -10,10 +10,10 @@ from conftest import PYTHON, tiny_params
 from dataset_stages import load_weights, prepare_inputs
 
 from pipeline.config import load_params
-from pipeline.stages import STAGES_BY_NAME
+from pipeline.stages.registry import STAGES_BY_NAME
 
-WC = {"dataset": "digits", "model": "tiny", "method": "ft_adamw", "hp": "default", "seed": "0"}
-MODEL = Path("results/digits/tiny/ft_adamw/default/seed0/model.safetensors")
+WC = {"dataset": "digits", "model": "tiny", "method": "ft_adamw", "hp": "epochs2_lr0.0003", "seed": "0"}
+MODEL = Path("results/digits/tiny/ft_adamw/epochs2_lr0.0003/seed0/model.safetensors")
 
 
 def params(gpus: int) -> dict:

@@ -77,6 +77,35 @@ def test_hub_unreachable_is_one_line(tmp_path: Path) -> None:
     assert "login node" in last
 
 
+def test_hub_file_that_does_not_read_is_not_pinned(tmp_path: Path) -> None:
+    """An HTML page where the checkpoint should be: one line, no local file, the lock file as it was; the real
+    file, once served, is fetched and pinned (issue 22, class 1)."""
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg("test_vit")
+    page = b"<!DOCTYPE html><html><body>Service unavailable</body></html>"
+    out, lock = tmp_path / "data/hub", tmp_path / "data/checksums.lock"
+    with LoopbackServer() as server:
+        path = f"/{cfg.hf_hub_id}/resolve/main/model.safetensors"
+        server.add(path, page, headers={"X-Repo-Commit": COMMIT, "ETag": f'"{sha256(page)}"'})
+        args = [sys.executable, "-c", FETCH, "test_vit", str(out), str(lock)]
+        done = subprocess.run(args, cwd=tmp_path, env=hub_env(tmp_path, server.url("")), capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode != 0 and not lock.exists() and not (out / "test_vit.safetensors").exists()
+        last = done.stderr.strip().splitlines()[-1]
+        assert "test_vit: model.safetensors from" in last and "is not a readable safetensors file" in last, last
+        assert "huggingface_hub's copy was deleted and nothing was put in place or pinned: re-run" in last
+        assert not list((tmp_path / "hf").rglob("model.safetensors"))   # so the re-run fetches it again
+
+        data = save({k: torch.randn_like(v) for k, v in timm.create_model("test_vit").state_dict().items()})
+        server.routes[path].body = data
+        server.routes[path].headers["ETag"] = f'"{sha256(data)}"'
+        done = subprocess.run(args, cwd=tmp_path, env=hub_env(tmp_path, server.url("")), capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert json.loads(lock.read_text())["hub/test_vit"]["sha256"] == sha256(data)
+
+
 def test_hub_falls_back_to_the_pytorch_file_and_saves_timm_layout(tmp_path: Path) -> None:
     """No model.safetensors in the repo: timm's fallback file, loaded through timm, saved as safetensors."""
     import io
@@ -187,7 +216,7 @@ def test_openclip_tag_is_fetched_then_read_offline(tmp_path: Path, served: str) 
 def test_fetch_lists_the_configs_hub_models() -> None:
     """``fetch`` covers timm's ``weights: hub`` and OpenCLIP's ``hub:<tag>`` entries of a config."""
     from pipeline.config import load_params
-    from pipeline.fetch import _hub_models, _openclip_tag
+    from pipeline.tools.fetch import _hub_models, _openclip_tag
 
     wise = load_params(str(REPO / "configs/wise_ft.yaml"))
     assert _hub_models(wise) == ["clip_vit_b16"] and _openclip_tag(wise["models"]["clip_vit_b16"]) == "openai"

@@ -44,7 +44,7 @@ def test_cifar_task_downloads_into_the_layout_prepare_reads(server, tmp_path: Pa
 
     manifest = serve_cifar_task(server, tmp_path / "src")
     root = tmp_path / "raw"
-    cfg = {"source": "cifar10", "root": str(root), "image_size": 32, "id_val_fraction": 0.2}
+    cfg = {"source": "cifar10", "root": str(root), "storage_size": 32, "id_val_fraction": 0.2}
     status = ensure_dataset("c10", cfg, manifest=manifest, lock=tmp_path / "checksums.lock", options=FAST)
     assert status == {"cifar10": "downloaded", "stl10": "downloaded", "cifar10_1": "downloaded"}
     assert all(marker_path(root, p).is_file() for p in status)

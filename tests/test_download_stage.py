@@ -25,15 +25,15 @@ from http_server import LoopbackServer
 from safetensors.torch import load_file, save
 
 from pipeline.config import load_params
-from pipeline.download import stage as download_stage
 from pipeline.download.errors import ManualDataError, MirrorsFailedError
 from pipeline.download.manifest import MANIFEST_ENV, MANIFEST_PATH
-from pipeline.job import Declared
-from pipeline.stages import STAGES_BY_NAME
+from pipeline.stages import download as download_stage
+from pipeline.stages.job import Declared
+from pipeline.stages.registry import STAGES_BY_NAME
 
 BIN = Path(PYTHON).parent
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
-C10 = {"source": "cifar10", "image_size": 32, "id_val_fraction": 0.2, "ood": ["cifar10_1"]}
+C10 = {"source": "cifar10", "storage_size": 32, "id_val_fraction": 0.2, "ood": ["cifar10_1"]}
 C101_FILES = ("cifar10.1_v6_data.npy", "cifar10.1_v6_labels.npy")
 
 
@@ -107,8 +107,8 @@ def run_stage(monkeypatch, argv: list[str]):
 def test_fetch_then_the_stages_run_offline(server, tmp_path: Path, monkeypatch) -> None:
     """fetch downloads a dataset and a hub checkpoint; then download finds them with no request, prepare and
     backbone run on them, and the status file has the same bytes however the data got there."""
-    from pipeline.data.prepare import main as prepare_main
-    from pipeline.models.weights import main as backbone_main
+    from pipeline.stages.backbone import main as backbone_main
+    from pipeline.stages.prepare_data import main as prepare_main
 
     manifest = local_manifest(tmp_path / "manifest.yaml", server, cifar_files(tmp_path / "src"), {"cifar10"})
     state = serve_hub_checkpoint(server, "test_vit")
@@ -217,7 +217,7 @@ def test_download_jobs_are_local_and_upstream_of_prepare(tmp_path: Path) -> None
 
     assert STAGES_BY_NAME["download"].jobs(load_params(REPO / "params.yaml")) == []
     cfg = tiny_params()
-    cfg["datasets"]["wb"] = {"source": "waterbirds", "image_size": 32}
+    cfg["datasets"]["wb"] = {"source": "waterbirds", "storage_size": 32}
     cfg["experiment"].update(datasets=["digits", "wb"], methods=["ft_adamw"], seeds=[0])
     cfg["wise_ft"]["methods"] = []
     cfg.pop("soups")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from conftest import PYTHON, run_cli
 
-from pipeline.dvc_commit import commit_keeping_mtimes
+from pipeline.tools.dvc_commit import commit_keeping_mtimes
 
 DVC = str(Path(PYTHON).parent / "dvc")
 

@@ -3,8 +3,7 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline.ensembling.interpolate import interpolate, pretrained_endpoint
-from pipeline.ensembling.wise_ft import select
+from pipeline.ensembling.interpolate import interpolate, pretrained_endpoint, select_alpha
 
 
 def states():
@@ -58,10 +57,10 @@ def test_select_uses_named_split_and_breaks_ties_to_smaller_alpha():
                  {"alpha": alpha, "split": "ood_val", "domain": "all", "metric": "acc", "value": oodv},
                  {"alpha": alpha, "split": "id_test", "domain": "all", "metric": "acc", "value": 1 - alpha}]
     curve = pd.DataFrame(rows)
-    assert select(curve, "id_val") == 0.5
-    assert select(curve, "ood_val") == 0.0
+    assert select_alpha(curve, "id_val") == 0.5
+    assert select_alpha(curve, "ood_val") == 0.0
     with pytest.raises(ValueError):
-        select(curve, "nope")
+        select_alpha(curve, "nope")
 
 
 def soup_states(n: int) -> list[dict]:

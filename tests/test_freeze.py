@@ -234,7 +234,7 @@ def test_grad_norms_figure(tmp_path):
     import pandas as pd
 
     both = grad_norms_figure(pd.concat(frames, ignore_index=True))
-    assert len(both.axes) == 2 and [ax.get_title() for ax in both.axes] == ["test_vit", "test_efficientnet"]
+    assert len(both.axes) == 2 and [ax.get_title() for ax in both.axes] == ["model test_vit", "model test_efficientnet"]
     path, png = tmp_path / "sub" / "grad_norms.pdf", tmp_path / "grad_norms.png"
     save_figure(both, path, png)
     assert path.stat().st_size > 0 and png.stat().st_size > 0

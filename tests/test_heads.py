@@ -70,3 +70,25 @@ def test_a_head_of_another_size_is_refused(tmp_path):
     save_state({"weight": torch.zeros(K, 7), "bias": torch.zeros(K)}, tmp_path / "bad.safetensors")
     with pytest.raises(ValueError, match=r"does not fit classifier \(3, 2048, 1, 1\)"):
         init_head(model, {"lp_head": str(tmp_path / "bad.safetensors")})
+
+
+@pytest.mark.parametrize("form", ["linear", "conv1x1"])
+def test_linear_default_head_is_nn_linears_init_under_the_same_seed(form):
+    """transfer_learning's new head is ``nn.Linear(output_dim, K)`` built after the run's seed
+    (AnanyaKumar/transfer_learning@13c3e2b:unlabeled_extrapolation/models/clip_model.py:180-183,
+    baseline_train.py:216, 831-834): PyTorch's default init, drawn from the global generator."""
+    from pipeline.methods import init_linear
+
+    model = build(form)
+    w_name, b_name = head_names(model)
+    weight = model.state_dict()[w_name]
+    d = weight[0].numel()
+    torch.manual_seed(7)
+    init_linear.init_head(model, {})
+    torch.manual_seed(7)
+    ref = torch.nn.Linear(d, K)
+    assert torch.equal(model.state_dict()[w_name].reshape(K, d), ref.weight.detach())
+    assert torch.equal(model.state_dict()[b_name], ref.bias.detach())
+    bound = 1 / d ** 0.5
+    assert model.state_dict()[b_name].abs().max() <= bound and model.state_dict()[b_name].abs().max() > 0
+    assert init_linear.pretrained_head({}) is None

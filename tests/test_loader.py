@@ -1,40 +1,76 @@
 """Background prefetching of uint8 batches (pipeline.data.loader): order, contents, shutdown, errors."""
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from pipeline.data.loader import Prefetcher, sequential_batches, shuffled_batches
+from pipeline.data.shards import ImageStore
 
 N = 103
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
-@pytest.fixture(scope="module")
-def shard(tmp_path_factory):
-    """A memory-mapped uint8 [N, 6, 5, 3] shard of random images and their labels, as the pipeline reads them."""
-    path = tmp_path_factory.mktemp("shard") / "train.npy"
+def jpeg_store(tmp: Path, n: int = N) -> ImageStore:
+    """A JPEG split of real photo crops of several sizes, landscape and portrait, written by the shard writer."""
+    from sklearn.datasets import load_sample_images
+
+    from pipeline.data.images import Storage, encode
+    from pipeline.data.shards import SplitWriter
+
+    photo = load_sample_images().images[0]
     rng = np.random.default_rng(0)
-    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(N, 6, 5, 3))
-    out[...] = rng.integers(0, 256, out.shape, dtype=np.uint8)
-    out.flush()
-    del out
-    return np.load(path, mmap_mode="r"), rng.integers(0, 10, N)
+    writer = SplitWriter(tmp, "train", n)
+    for _ in range(n):
+        h, w = int(rng.integers(5, 60)), int(rng.integers(5, 60))
+        top, left = int(rng.integers(0, 400 - h)), int(rng.integers(0, 600 - w))
+        writer.add(*encode(photo[top:top + h, left:left + w], Storage(64)))
+    writer.close()
+    index = np.load(tmp / "train.index.npy")
+    return ImageStore(np.memmap(tmp / "train.images", dtype=np.uint8, mode="r"), index, "jpeg")
+
+
+@pytest.fixture(scope="module", params=["raw", "jpeg"])
+def shard(request, tmp_path_factory):
+    """A split as the pipeline reads it, and its labels: raw uint8 [N, 6, 5, 3] (one size: gathered with
+    np.take) or JPEGs of several sizes (decoded in the thread pool, padded, portrait ones transposed)."""
+    tmp = tmp_path_factory.mktemp("shard")
+    rng = np.random.default_rng(0)
+    if request.param == "raw":
+        out = np.lib.format.open_memmap(tmp / "train.npy", mode="w+", dtype=np.uint8, shape=(N, 6, 5, 3))
+        out[...] = rng.integers(0, 256, out.shape, dtype=np.uint8)
+        out.flush()
+        del out
+        return ImageStore.from_array(np.load(tmp / "train.npy", mmap_mode="r")), rng.integers(0, 10, N)
+    return jpeg_store(tmp), rng.integers(0, 10, N)
 
 
 def prefetch_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == "prefetch"]
 
 
-def check(batch, images, labels, index) -> None:
-    assert torch.equal(batch.images, torch.from_numpy(np.array(images[index])))
-    assert torch.equal(batch.labels, torch.from_numpy(labels[index]))
+def rows_of(index, n: int = N) -> np.ndarray:
+    return np.arange(n)[index] if isinstance(index, slice) else np.asarray(index, dtype=np.int64)
 
 
-def check_cuda(batch, images, labels, index) -> None:
-    check(batch._replace(images=batch.images.cpu(), labels=batch.labels.cpu()), images, labels, index)
+def check(batch, store: ImageStore, labels, index) -> None:
+    """Every image of the batch is the stored one, whole, in batch order; the labels too."""
+    rows = rows_of(index)
+    images = batch.images
+    assert len(images) == len(rows) and images.data.dtype == torch.uint8
+    assert torch.equal(images.shapes, torch.from_numpy(store.sizes[rows]).reshape(-1, 2))
+    for j, row in enumerate(rows):
+        assert torch.equal(images.image(j).cpu(), torch.from_numpy(store.decode(int(row))))
+    if labels is not None:
+        assert torch.equal(batch.labels.cpu(), torch.from_numpy(labels[rows]))
+
+
+def check_cuda(batch, store, labels, index) -> None:
+    assert batch.images.data.is_cuda and batch.labels.is_cuda
+    check(batch, store, labels, index)
 
 
 def test_shuffled_batches_in_order(shard):
@@ -47,8 +83,7 @@ def test_shuffled_batches_in_order(shard):
     assert len(seen) == 4
     for batch, index in zip(seen, batches):
         check(batch, images, labels, index)
-        assert batch.images.dtype == torch.uint8 and batch.images.shape == (16, 6, 5, 3)
-        assert batch.labels.dtype == torch.int64 and not batch.images.is_pinned()
+        assert batch.labels.dtype == torch.int64 and not batch.images.data.is_pinned()
 
 
 def test_sequential_slices_and_partial_last_batch(shard):
@@ -59,7 +94,6 @@ def test_sequential_slices_and_partial_last_batch(shard):
     assert [len(b.images) for b in seen] == [16] * 6 + [7]
     for batch, index in zip(seen, batches):
         check(batch, images, labels, index)
-    assert torch.equal(torch.cat([b.images for b in seen]), torch.from_numpy(np.array(images)))
 
 
 def test_lists_without_labels_and_empty(shard):
@@ -68,7 +102,7 @@ def test_lists_without_labels_and_empty(shard):
     seen = list(Prefetcher(images, batches))
     assert [b.labels for b in seen] == [None] * 4
     for batch, index in zip(seen, batches):
-        assert torch.equal(batch.images, torch.from_numpy(np.array(images[np.array(index, dtype=np.int64)])))
+        check(batch, images, None, index)
     assert list(Prefetcher(images, [])) == []
 
 
@@ -183,14 +217,14 @@ def test_cuda_pinned_nonblocking_and_no_host_sync(shard):
     try:
         for batch in it:
             torch.cuda._sleep(2_000_000)   # a busy compute stream: copies must not overrun buffers
-            kept.append((batch.images + 0, batch.labels + 0))
+            kept.append(batch._replace(images=batch.images._replace(data=batch.images.data + 0),
+                                       labels=batch.labels + 0))
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    assert all(s.images is None or s.images.is_pinned() for s in p._worker.slots)
+    assert all(s.bytes is None or s.bytes.is_pinned() for s in p._worker.slots)
     check_cuda(first, images, labels, batches[0])
-    for (x, y), index in zip(kept, batches[1:]):
-        assert x.is_cuda and torch.equal(x.cpu(), torch.from_numpy(np.array(images[index])))
-        assert torch.equal(y.cpu(), torch.from_numpy(labels[index]))
+    for batch, index in zip(kept, batches[1:]):
+        check_cuda(batch, images, labels, index)
     assert not prefetch_threads()
 
 
@@ -204,3 +238,57 @@ def test_cuda_early_break_and_error(shard):
     with pytest.raises(IndexError):
         list(Prefetcher(images, [[0], [N]], labels, device="cuda"))
     assert not prefetch_threads()
+
+
+def test_ragged_batch_is_padded_landscape(tmp_path):
+    """Portrait images lie transposed in the padded batch, so it is as tall as the tallest landscape side."""
+    store = jpeg_store(tmp_path, 40)
+    sizes = store.sizes
+    batch = next(iter(Prefetcher(store, [np.arange(40)])))
+    portrait = sizes[:, 0] > sizes[:, 1]
+    assert portrait.any() and (~portrait).any()
+    assert torch.equal(batch.images.transposed, torch.from_numpy(portrait))
+    assert batch.images.data.shape[1:] == (sizes.min(1).max(), sizes.max(1).max(), 3)
+
+
+def test_image_hook_runs_per_image_in_the_decode_threads(tmp_path):
+    """The per-image CPU augmentation's place (RandAugment): the decoded image and its row, before padding."""
+    store = jpeg_store(tmp_path, 30)
+    seen = []
+
+    def invert(image: np.ndarray, row: int) -> np.ndarray:
+        seen.append((row, threading.current_thread().name))
+        return 255 - image
+
+    batches = [np.array([3, 7, 9]), np.array([0, 29])]
+    for batch, rows in zip(Prefetcher(store, batches, image_hook=invert, threads=2), batches):
+        for j, row in enumerate(rows):
+            assert torch.equal(batch.images.image(j), torch.from_numpy(255 - store.decode(int(row))))
+    assert sorted(r for r, _ in seen) == [0, 3, 7, 9, 29]
+    assert all(name.startswith("decode") for _, name in seen)
+
+    def shrink(image: np.ndarray, row: int) -> np.ndarray:
+        return image[1:]
+
+    with pytest.raises(ValueError, match="must keep the size"):
+        list(Prefetcher(store, [[0]], image_hook=shrink))
+    assert not prefetch_threads()
+
+
+def test_nvjpeg_needs_a_cuda_target(tmp_path):
+    store = jpeg_store(tmp_path, 4)
+    with pytest.raises(ValueError, match="nvjpeg"):
+        Prefetcher(store, [[0]], decoder="nvjpeg")
+
+
+def test_cpu_jpeg_decoders_give_the_same_pixels(tmp_path):
+    """simplejpeg (the default here) and Pillow: both libjpeg-turbo, integer IDCT; torchvision's too where it loads."""
+    from pipeline.data.images import decode, jpeg_decoder, torchvision_decodes
+
+    store = jpeg_store(tmp_path, 12)
+    assert jpeg_decoder() == ("torchvision" if torchvision_decodes() else "simplejpeg")
+    names = ["simplejpeg", "pil"] + (["torchvision"] if torchvision_decodes() else [])
+    for i in range(len(store)):
+        h, w = (int(v) for v in store.sizes[i])
+        pixels = [decode(store.record(i), h, w, "jpeg", name) for name in names]
+        assert all(np.array_equal(p, pixels[0]) for p in pixels[1:])

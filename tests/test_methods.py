@@ -43,7 +43,7 @@ def test_every_entry_is_one_module_with_its_kinds_api(entry):
     assert entry.label and entry.doc
     assert set(entry.keys) <= set(KEYS), f"{entry.name} reads keys the registry does not define"
     for name, (stage, output) in entry.inputs.items():
-        from pipeline.stages import STAGES_BY_NAME
+        from pipeline.stages.registry import STAGES_BY_NAME
 
         assert output in STAGES_BY_NAME[stage].outputs, (entry.name, name)
     if entry.kind == "optimizer" and entry.layer_columns:
@@ -64,10 +64,10 @@ def test_the_schema_is_completed_from_the_registry():
     raw = yaml.safe_load(SCHEMA_PATH.read_text())
     assert raw["properties"]["methods"]["additionalProperties"]["properties"]["optimizer"] == {"enum": []}
     method = full_schema()["properties"]["methods"]["additionalProperties"]["properties"]
-    assert method["init"]["enum"] == list(INITS) == ["random", "lp", "zeroshot"]
+    assert method["init"]["enum"] == list(INITS) == ["random", "linear_default", "lp", "zeroshot"]
     assert method["optimizer"]["enum"] == list(OPTIMIZERS)
     assert {k: method[k] for k in KEYS} == {k: v.schema for k, v in KEYS.items()}
-    assert set(method["grid"]["properties"]) == {"lr", *sweepable()}
+    assert set(method["grid"]["properties"]) == {"lr", "points", *sweepable()}   # points: a list of named runs
     assert full_schema()["properties"]["finetune"]["properties"] == {k: v.schema for k, v in TRAIN_KEYS.items()}
 
 
@@ -120,6 +120,27 @@ def test_a_new_part_needs_one_module_and_one_entry(monkeypatch, tmp_path, cfg):
         assert registry.label("optimizer", "lion") == "Lion (test)"
     finally:
         schema_module._schema.cache_clear()
+
+
+@pytest.mark.parametrize("entry", [c for c in COMPONENTS if c.kind in ("regulariser", "policy")],
+                         ids=lambda c: f"{c.kind}:{c.name}")
+def test_every_regulariser_and_policy_is_the_identity_at_its_defaults(entry):
+    """What lets a run depend only on the parts it switches on (registry.switched_on): at the defaults of
+    its keys a part adds no hook, freezes nothing and scales no learning rate."""
+    model = vit()
+    settings = default_settings()
+    assert entry not in registry.switched_on(settings)
+    module = entry.load()
+    if entry.kind == "regulariser":
+        assert module.build(model, settings, ("head.weight", "head.bias")) is None
+    else:
+        lr_scale: dict[str, float] = {}
+        module.apply(model, settings, lr_scale)
+        assert all(p.requires_grad for p in model.parameters()) and all(v == 1.0 for v in lr_scale.values())
+    # and leaving a default switches it on
+    key = entry.keys[0]
+    other = {"freeze": "embed"}.get(key, 0.5 if KEYS[key].default != 0.5 else 0.25)
+    assert entry in registry.switched_on({**settings, key: other})
 
 
 def vit() -> torch.nn.Module:

@@ -9,12 +9,15 @@ from pipeline.models.backbone import (
     convert_packaged,
     create_model,
     load_state,
+    model_from_config,
+    model_skeleton,
     normalization,
     remap_by_order,
     save_state,
 )
-from pipeline.models.weights import main as backbone_main
+from pipeline.models.state_files import CheckpointError
 from pipeline.models.weights import resolve_weights
+from pipeline.stages.backbone import main as backbone_main
 
 
 @pytest.fixture(scope="module")
@@ -55,13 +58,15 @@ def test_remap_by_order_checks_shapes():
 
 def test_user_checkpoint_must_fit_architecture(tmp_path):
     bad = tmp_path / "bad.safetensors"
-    save_state({"conv_stem.weight": torch.zeros(1)}, bad)
-    with pytest.raises(RuntimeError, match="(?s)does not fit test_efficientnet: .*size mismatch"):
+    save_state({**create_model("test_efficientnet", 3, None).state_dict(), "conv_stem.weight": torch.zeros(1)}, bad)
+    with pytest.raises(CheckpointError, match=r"bad.safetensors does not fit test_efficientnet: conv_stem.weight has "
+                                              r"shape \(1,\) in the file, \(24, 3, 3, 3\) in the model"):
         resolve_weights("test_efficientnet", str(bad))
     good = create_model("test_efficientnet", 3, None).state_dict()
     del good["conv_stem.weight"]
     save_state(good, bad)
-    with pytest.raises(RuntimeError, match=r"does not fit test_efficientnet: missing \['conv_stem.weight'\]"):
+    with pytest.raises(CheckpointError, match=r"does not fit test_efficientnet: 1 of the model's \d+ tensors are "
+                                              r"missing \(first: conv_stem.weight\)"):
         resolve_weights("test_efficientnet", str(bad))
     with pytest.raises(FileNotFoundError, match="weights file not found: .*missing.pth"):
         resolve_weights("test_efficientnet", str(tmp_path / "missing.pth"))
@@ -78,3 +83,24 @@ def test_backbone_stage_main(tiny_workdir):
     assert backbone_main(["--model", "tiny"]) == 0
     state = load_state(tiny_workdir / "data/weights/tiny.safetensors")
     assert "conv_stem.weight" in state
+
+
+@pytest.mark.parametrize("name, fallback", [("test_vit", False), ("swin_tiny_patch4_window7_224", True)])
+def test_skeleton_with_a_loaded_state_is_the_model_with_that_state(name, fallback):
+    """model_skeleton + a strict load gives what build + load gives, bit for bit; a model with buffers no state
+    dict holds (Swin's relative position index, non-persistent) is built the ordinary way."""
+    entry = {"timm_name": name, "weights": "none"}
+    torch.manual_seed(0)
+    built = model_from_config(entry, 3, None).eval()
+    state = {k: v.clone() for k, v in built.state_dict().items()}
+    torch.manual_seed(1)
+    before = torch.get_rng_state()
+    skeleton = model_skeleton(entry, 3)
+    assert torch.equal(torch.get_rng_state(), before) != fallback   # no random init drawn, unless it fell back
+    skeleton.load_state_dict(state, strict=True)
+    skeleton.eval()
+    for (n, a), (_, b) in zip(built.named_buffers(), skeleton.named_buffers()):
+        assert torch.equal(a, b), n   # non-persistent buffers too
+    x = torch.randn(2, *built.pretrained_cfg["input_size"], generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(built(x), skeleton(x))

@@ -6,9 +6,8 @@ import torch
 from torch import nn
 
 from pipeline.config.settings import default_settings, method_settings
-from pipeline.methods.assemble import assemble
+from pipeline.methods.assemble import assemble, effective_lr
 from pipeline.methods.l2sp import L2SP
-from pipeline.methods.registry import effective_lr
 from pipeline.methods.spd import SPD
 
 adamp = pytest.importorskip("adamp", reason="the official AdamP/SGDP package is a test dependency")
@@ -170,3 +169,35 @@ def test_l2sp_anchors_only_the_trainable_backbone():
     expected = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and not n.startswith("8."))
     assert anchored == expected and not reg.head
     assert not L2SP(model, 0.0, 0.0, ()).anchors    # off: no memory
+
+
+def test_weight_decay_reaches_every_tensor_when_asked():
+    """wise-ft and model-soups: ``torch.optim.AdamW(params, lr=args.lr, weight_decay=args.wd)`` over every
+    trainable tensor, biases, norms and embeddings included (mlfoundations/wise-ft@58b7a4b:src/models/
+    finetune.py:56-64; mlfoundations/model-soups@d5398f1:finetune.py:88-118). One step from the same
+    gradients must move every tensor as that optimizer does."""
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model("test_vit", pretrained=False, num_classes=4, img_size=32)   # pos/cls embeddings
+    twin = copy.deepcopy(model)
+    settings = {**default_settings(), "optimizer": "adamw", "lr": 1e-2, "weight_decay": 0.1}
+    ours = assemble(model, {**settings, "weight_decay_scope": "all"}).optimizer
+    assert {g["weight_decay"] for g in ours.param_groups} == {0.1}
+    official = torch.optim.AdamW(twin.parameters(), lr=1e-2, weight_decay=0.1)
+    x, y = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1)), torch.tensor([0, 1, 2, 3])
+    for m, opt in ((model, ours), (twin, official)):
+        opt.zero_grad()
+        nn.functional.cross_entropy(m(x), y).backward()
+        opt.step()
+    for (n, a), b in zip(model.named_parameters(), twin.parameters()):
+        torch.testing.assert_close(a, b, atol=1e-7, rtol=1e-6, msg=n)
+    # timm's groups (the default) leave biases, norms and position/class embeddings undecayed: they differ
+    grouped = copy.deepcopy(twin)
+    torch.manual_seed(0)
+    fresh = timm.create_model("test_vit", pretrained=False, num_classes=4, img_size=32)
+    grouped.load_state_dict(fresh.state_dict())
+    default = assemble(grouped, settings).optimizer
+    assert {g["weight_decay"] for g in default.param_groups} == {0.0, 0.1}
+    undecayed = {n for g in default.param_groups if g["weight_decay"] == 0 for n in g["param_names"]}
+    assert {"pos_embed", "cls_token", "head.bias", "norm.weight"} <= undecayed

@@ -23,7 +23,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from browser import colours, dom, ink, screenshot
 from conftest import PYTHON, REPO, run_cli, tiny_params
+from dag import snakemake_pending, users_and_downstream
 
 BIN = Path(PYTHON).parent
 pytestmark = [pytest.mark.slow,
@@ -32,7 +34,7 @@ pytestmark = [pytest.mark.slow,
 
 def copy_project(dst: Path, cfg: dict) -> None:
     ignore = shutil.ignore_patterns("__pycache__", "tables", "figures", "main.pdf", "build")
-    for name in ("pipeline", "paper", "envs"):
+    for name in ("pipeline", "paper", "envs", "vendor"):
         shutil.copytree(REPO / name, dst / name, ignore=ignore)
     for name in ("Snakefile", ".dvcignore", ".gitignore"):
         if (REPO / name).exists():
@@ -74,7 +76,7 @@ def project(tmp_path_factory):
 
 def output_hashes(root: Path, cfg: dict) -> dict[str, str]:
     """sha256 of every result file of every job (directory outputs expanded; measurements left out)."""
-    from pipeline.dvc_commit import output_files
+    from pipeline.tools.dvc_commit import output_files
 
     cwd = Path.cwd()
     try:
@@ -86,7 +88,7 @@ def output_hashes(root: Path, cfg: dict) -> dict[str, str]:
 
 
 def all_jobs(cfg: dict, skip: tuple[str, ...] = ()) -> Counter:
-    from pipeline.stages import STAGES
+    from pipeline.stages.registry import STAGES
 
     return Counter({st.name: len(st.jobs(cfg)) for st in STAGES if st.name not in skip and st.jobs(cfg)})
 
@@ -100,8 +102,8 @@ def test_full_run_then_nothing_to_do_then_targeted_reruns(project):
     assert set(results["method"]) == {"lp", "ft_adamw", "lpft", "uniform_soup", "greedy_soup"}
     assert set(results["seed"]) == {0, 1}
     assert results["config_hash"].str.len().eq(12).all()
-    assert (root / "logs/finetune/digits/tiny/lpft/default/0.log").is_file()
-    assert (root / "benchmarks/finetune/digits/tiny/lpft/default/0.tsv").is_file()
+    assert (root / "logs/finetune/digits/tiny/lpft/epochs1_lr0.0001/0.log").is_file()
+    assert (root / "benchmarks/finetune/digits/tiny/lpft/epochs1_lr0.0001/0.tsv").is_file()
 
     # nothing to do, for either runner
     assert "Nothing to be done" in run_cli(*snake, "-n", cwd=root, env=env).stdout
@@ -110,8 +112,8 @@ def test_full_run_then_nothing_to_do_then_targeted_reruns(project):
     assert "Nothing to be done" in run_cli(*snake, "-n", cwd=root, env=env).stdout
     assert dvc_ran(run_cli(str(BIN / "dvc"), "repro", cwd=root, env=env).stdout) == Counter()
 
-    # one method's learning rate changes: only its jobs and their downstream re-run
-    cfg["methods"]["ft_adamw"]["lr"] = cfg["methods"]["ft_adamw"]["lr"] * 2
+    # one method's setting changes (one its run names do not spell): only its jobs and their downstream re-run
+    cfg["methods"]["ft_adamw"]["grad_clip"] = 0.5
     (root / "params.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     expected = Counter({"finetune": 2, "evaluate": 2, "wise_ft": 2, "soup": 2, "report": 1, "costs": 1, "paper": 1})
     assert snakemake_jobs(run_cli(*snake, "-n", cwd=root, env=env).stdout) == expected
@@ -133,6 +135,18 @@ def test_full_run_then_nothing_to_do_then_targeted_reruns(project):
     assert "soup--digits--tiny--seed0" in run_cli(str(BIN / "dvc"), "status", cwd=root, env=env).stdout
 
 
+def report_json(html: str, name: str):
+    """A ``var <name> = {...};`` of the snakemake --report page."""
+    return json.loads(re.search(rf"^\s*var {name} = (\{{.*\}});\s*$", html, re.M).group(1))
+
+
+def showing(html: str, path: str) -> str:
+    """The report page opening ``path`` once loaded, as a click on it in the results list does."""
+    head, body, tail = html.rpartition("</body>")
+    click = f"new ToggleViewManager(app).handleSelectedResult({json.dumps(path)})"
+    return head + f"<script>setTimeout(() => {click}, 100);</script>" + body + tail
+
+
 def test_snakemake_report_and_dvc_plots(project, tmp_path):
     """The ecosystem's own viewers: `snakemake --report` and `dvc plots show` on the finished run."""
     root, env, cfg = project
@@ -141,10 +155,25 @@ def test_snakemake_report_and_dvc_plots(project, tmp_path):
     html = report.read_text()
     assert len(html) > 200_000   # self-contained: every table and figure is embedded
     for name in ("results.html", "freeze_embed.html", "lpft.html", "wise_ft.html", "effective_robustness.png",
-                 "id_vs_ood.png", "summary.csv", "main.pdf"):
+                 "id_vs_ood.png", "grad_norms.png", "layers.png", "claims.html", "claims.csv", "summary.csv",
+                 "main.pdf"):
         assert name in html, name
     # captions (paper/captions) and categories reach the report
     assert "logit-linear fit" in html and "Effective robustness" in html and "Tables" in html
+    assert "headline claim" in html and "Claims" in report_json(html, "categories")
+    # every figure is a PNG, and draws when opened in the report (a PDF there shows nothing in a browser)
+    results = report_json(html, "results")
+    figures = [path for path in results if path.startswith("paper/figures/")]
+    assert sorted(Path(f).name for f in figures) == ["effective_robustness.png", "grad_norms.png", "id_vs_ood.png",
+                                                     "layers.png", "li2020_elr.png", "li2020_similarity.png"]
+    for path in figures:
+        assert results[path]["mime_type"] == "image/png", path
+        page = tmp_path / f"open_{Path(path).stem}.html"
+        page.write_text(showing(html, path))
+        image = screenshot(page, tmp_path / f"{Path(path).stem}.png")
+        assert ink(image, (450, 0, 1400, 1000)) > 0.01 and colours(image) > 30, path
+    blank = screenshot(report, tmp_path / "report.png")   # nothing opened: the content pane shows no figure
+    assert colours(blank[:, 450:]) < colours(image[:, 450:])
     # the embedded tables are the report stage's HTML files
     table = (root / "results/report/tables/results.html").read_bytes()
     assert base64.b64encode(table)[:2000].decode() in html
@@ -155,12 +184,24 @@ def test_snakemake_report_and_dvc_plots(project, tmp_path):
     def values(plot_id: str) -> list[dict]:
         return [v for p in shown[plot_id] for v in p["content"]["data"]["values"]]
 
-    curve = values("training curves: digits/tiny/ft_adamw")   # both seeds' history.csv, every epoch
-    assert {v["filename::field"] for v in curve} >= {"seed0/history.csv::id_val_acc", "seed1/history.csv::id_val_acc"}
-    assert {v["epoch"] for v in curve} == {"0", "1"}
+    # both seeds' steps.csv, a point per optimizer step (60 images in batches of 16: 3 steps), and history.csv
+    curve = values("training curves: digits/tiny/ft_adamw")
+    fields = {"/".join(v["filename::field"].split("/")[-2:]) for v in curve}
+    assert fields == {f"seed{s}/{f}" for s in (0, 1) for f in ("steps.csv::train_loss", "history.csv::id_val_acc")}
+    loss = [v for v in curve if v["filename::field"].endswith("seed0/steps.csv::train_loss")]
+    assert [v["step"] for v in loss] == ["1", "2", "3"]
     scatter = values("results/report/id_vs_ood.csv")
     assert {v["field"] for v in scatter} == {"ood_acc", "ood_fit"} and "lpft" in {v["row"] for v in scatter}
-    assert {"paper/figures/id_vs_ood.png", "paper/figures/effective_robustness.png"} <= set(shown)
+    assert {f"paper/figures/{f}.png" for f in ("id_vs_ood", "effective_robustness", "grad_norms", "layers")} <= set(
+        shown)
+
+    # the plots page draws offline (Vega inlined: .dvc/config's template), one canvas per Vega plot
+    run_cli(str(BIN / "dvc"), "plots", "show", "-o", str(tmp_path / "plots"), cwd=root, env=env)
+    page = tmp_path / "plots/index.html"
+    vega_plots = [k for k in shown if not k.endswith(".png")]
+    assert len(re.findall(r'<canvas[^>]*class="marks"', dom(page))) == len(vega_plots) == 3
+    image = screenshot(page, tmp_path / "plots.png", size=(1400, 1400))
+    assert ink(image, (0, 0, 700, 500)) > 0.02 and colours(image) > 30
 
 
 def test_forced_rerun_writes_the_same_bytes(project):
@@ -179,6 +220,68 @@ def test_forced_rerun_writes_the_same_bytes(project):
     status = json.loads(run_cli(str(BIN / "dvc"), "status", "--json", cwd=root, env=env).stdout)
     assert set(status) <= {"costs", "paper"}, status
     assert dvc_ran(run_cli(str(BIN / "dvc"), "repro", cwd=root, env=env).stdout) <= Counter({"costs": 1, "paper": 1})
+
+
+def test_the_cache_sees_package_inits_and_parts_and_ignores_new_registry_entries(project):
+    """Dry runs after three edits, each undone: a constant in a package ``__init__`` (the report's default
+    tables) and a method part's code re-run exactly the jobs that use them (Snakemake: and their
+    downstream; DVC: the changed stages); a new method part and dataset source re-run nothing."""
+    root, env, cfg = project
+
+    def pending() -> tuple[set[str], set[str]]:
+        snake = snakemake_pending(run_cli(str(BIN / "snakemake"), "-n", cwd=root, env=env).stdout)
+        return snake, set(json.loads(run_cli(str(BIN / "dvc"), "status", "--json", cwd=root, env=env).stdout))
+
+    def edited(path: str, old: str, new: str) -> tuple[set[str], set[str]]:
+        file = root / path
+        text = file.read_text()
+        assert old in text
+        file.write_text(text.replace(old, new, 1))
+        try:
+            return pending()
+        finally:
+            file.write_text(text)
+
+    assert pending()[0] == set()
+    dvc_before = pending()[1]     # the cost table and the paper may wait on new measurements (test above)
+
+    layouts = "pipeline/reporting/layouts/__init__.py"
+    users, closure = users_and_downstream(cfg, layouts)
+    assert users == {"report"}
+    snake, dvc = edited(layouts, 'DEFAULT_TABLES = ("results",)', 'DEFAULT_TABLES = ("results", "lpft")')
+    assert closure == {"report", "paper"} and {"report"} <= snake <= closure
+    assert dvc - dvc_before == users | {"check_params"}   # validation reads the layouts too
+
+    part = "pipeline/methods/init_lp.py"
+    users, closure = users_and_downstream(cfg, part)
+    assert users == {f"{st}--digits--tiny--lpft--epochs1_lr0p0001--seed{s}" for st in ("finetune", "wise_ft")
+                     for s in (0, 1)}
+    snake, dvc = edited(part, '"""', '"""An edit. ')
+    assert snake == closure and dvc - dvc_before == users
+
+    registry_py, sources_py = root / "pipeline/methods/registry.py", root / "pipeline/data/sources/__init__.py"
+    texts = registry_py.read_text(), sources_py.read_text()
+    (root / "pipeline/methods/knob.py").write_text("def apply(model, settings, lr_scale):\n    return {}\n")
+    registry_py.write_text(texts[0].replace(
+        "KEYS: dict[str, Key] = {", 'KEYS: dict[str, Key] = {\n    "knob": Key(1.0, _POSITIVE, "a new key"),').replace(
+        "COMPONENTS: tuple[Component, ...] = (",
+        'COMPONENTS: tuple[Component, ...] = (\n    Component("policy", "knob", _M + "knob", "k", "new", ("knob",)),'))
+    sources_py.write_text(texts[1].replace(
+        "SOURCES: dict[str, SourceSpec] = {",
+        'SOURCES: dict[str, SourceSpec] = {\n    "mine": SourceSpec("pipeline.data.sources.cifar", _IMAGE, "new"),'))
+    try:
+        dvc_yaml = (root / "dvc.yaml").read_text()
+        run_cli(PYTHON, "-m", "pipeline", "export-dvc", cwd=root, env=env)
+        assert (root / "dvc.yaml").read_text() == dvc_yaml          # no job changed; only the defaults file
+        assert "knob" in (root / "params.defaults.yaml").read_text()
+        snake, dvc = pending()
+        assert snake == set() and dvc - dvc_before == {"check_params"}
+    finally:
+        registry_py.write_text(texts[0])
+        sources_py.write_text(texts[1])
+        (root / "pipeline/methods/knob.py").unlink()
+        run_cli(PYTHON, "-m", "pipeline", "export-dvc", cwd=root, env=env)
+    assert pending()[0] == set()
 
 
 def test_model_kwargs_edit_reruns_backbone_and_downstream_in_both_runners(project):
@@ -200,7 +303,9 @@ def test_dvc_experiment_reruns_the_affected_stages_and_is_tabulated(project):
     dvc = str(BIN / "dvc")
     lr = cfg["methods"]["lpft"]["lr"] * 3
     run_cli(dvc, "exp", "save", "--force", "--name", "demo", cwd=root, env=env)   # as `make demo` ends
-    out = run_cli(dvc, "exp", "run", "-n", "lpft_lr", "-S", f"methods.lpft.lr={lr}", cwd=root, env=env).stdout
+    # exp-run: dvc exp run -S, with dvc.yaml rendered for the new value first (the run's name spells lr)
+    out = run_cli(PYTHON, "-m", "pipeline", "exp-run", "-n", "lpft_lr", "-S", f"methods.lpft.lr={lr}", cwd=root,
+                  env=env).stdout
     ran = dvc_ran(out) + Counter(name.split("--")[0] for name in re.findall(r"Restored stage '([^']+)'", out))
     assert ran == Counter({"finetune": 2, "evaluate": 2, "wise_ft": 2, "report": 1, "costs": 1, "paper": 1,
                            "check_params": 1})
@@ -212,7 +317,7 @@ def test_dvc_experiment_reruns_the_affected_stages_and_is_tabulated(project):
     table = run_cli(PYTHON, "-m", "pipeline", "exps", cwd=root, env=env).stdout
     header, _, *rows = table.strip().splitlines()
     assert "methods.lpft.lr" in header and sorted(row.split("|")[1].strip() for row in rows) == ["demo", "lpft_lr"]
-    assert "ft_adamw.id_acc" not in header and len(header) < 400   # only what differs between experiments
+    assert "digits.tiny.lp.id_acc" not in header   # only what differs between experiments (the LP never does)
     full = run_cli(PYTHON, "-m", "pipeline", "exps", "--all", "--csv", cwd=root, env=env).stdout
     row = next(r for r in csv.DictReader(io.StringIO(full)) if r["experiment"] == "lpft_lr")
     lpft = mine["data"]["metrics"]["results/report/metrics.json"]["data"]["digits"]["tiny"]["lpft"]
@@ -223,10 +328,10 @@ def test_dvc_experiment_reruns_the_affected_stages_and_is_tabulated(project):
     (lambda c: c["experiment"]["methods"].append("nope"), "experiment.methods[2]"),
     (lambda c: c["methods"]["lpft"].__setitem__("lr", -1.0), "methods.lpft.lr"),
     (lambda c: c["finetune"].__setitem__("epohcs", 2), "finetune.epohcs"),
-    # caught by the deep check (pipeline/preflight.py) before the first job: Snakemake's onstart, DVC's check_params
+    # caught by the deep check (tools/preflight.py) before the first job: Snakemake's onstart, DVC's check_params
     (lambda c: c["models"]["tiny"].__setitem__("timm_name", "vit_bse_patch16_224"), "models.tiny.timm_name"),
-    (lambda c: c["models"].__setitem__("tiny", {"timm_name": "vit_tiny_patch16_224", "weights": "none"}),
-     "datasets.digits.build.image_size"),
+    (lambda c: c["models"].__setitem__("tiny", {"timm_name": "vit_tiny_patch16_224", "weights": "none",
+                                                 "input_size": 48}), "models.tiny.input_size"),
 ])
 def test_malformed_params_run_nothing(tmp_path, edit, key):
     cfg = tiny_params()

@@ -78,7 +78,7 @@ def test_wilds_prediction_files_score_as_wilds_does(tmp_path: Path):
     from pipeline.evaluation.wilds_eval import wilds_dataset
 
     FABRICATORS["fmow"](tmp_path / "raw")
-    prepare("fmow", {"source": "fmow", "root": str(tmp_path / "raw"), "image_size": 32}, str(tmp_path / "fmow"))
+    prepare("fmow", {"source": "fmow", "root": str(tmp_path / "raw"), "storage_size": 32}, str(tmp_path / "fmow"))
     data = PreparedDataset(tmp_path / "fmow")
     splits = [s for s in data.split_names if s != "train"]
     g = torch.Generator().manual_seed(1)

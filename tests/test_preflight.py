@@ -1,4 +1,4 @@
-"""Bad model inputs are caught before any job runs, each as one line naming the key (pipeline.preflight)."""
+"""Bad model inputs are caught before any job runs, each as one line naming the key (pipeline.tools.preflight)."""
 import subprocess
 import sys
 
@@ -6,7 +6,7 @@ import pytest
 from conftest import REPO, tiny_params
 
 from pipeline.config import ParamsError, validate
-from pipeline.preflight import check
+from pipeline.tools.preflight import check
 
 
 def error_of(cfg: dict) -> str:
@@ -55,15 +55,19 @@ def test_unknown_packaged_weights(cfg):
     assert "models.tiny.weights: unknown packaged weights 'efficientnet_lite9'" in error_of(cfg)
 
 
-def test_image_size_a_vit_cannot_take_and_the_fix(cfg):
+def test_input_size_a_vit_cannot_take_and_the_fix(cfg):
     cfg["models"]["tiny"] = {"timm_name": "vit_tiny_patch16_224", "weights": "none"}
-    cfg["datasets"]["digits"]["build"]["image_size"] = 48
+    check(cfg)   # its own input size (224, from its pretrained config) fits
+    cfg["models"]["tiny"]["input_size"] = 48
     msg = error_of(cfg)
-    assert msg.startswith("params.yaml: datasets.digits.build.image_size: 48 px images do not fit models.tiny")
-    assert "prepare them at 224 px" in msg and "img_size: 48" in msg
+    assert msg.startswith("params.yaml: models.tiny.input_size: 48 px inputs do not fit models.tiny")
+    assert "leave input_size to the model's pretrained config" in msg and "img_size: 48" in msg
     cfg["models"]["tiny"]["model_kwargs"] = {"img_size": 48}   # adapt: position embeddings resampled
     check(cfg)
+    del cfg["models"]["tiny"]["input_size"]   # img_size alone sets the input size too
+    check(cfg)
     cfg["models"]["tiny"]["model_kwargs"] = {"dynamic_img_size": True}
+    cfg["models"]["tiny"]["input_size"] = 48
     check(cfg)
 
 

@@ -18,6 +18,7 @@ from pipeline.data.prompts import (  # noqa: E402
     article,
     available,
     check_prompts,
+    has_prompts,
     load_prompts,
     prompts_for,
     render,
@@ -27,11 +28,14 @@ from pipeline.data.sources import wilds as wilds_source  # noqa: E402
 from pipeline.data.sources.breeds import SHIPPED  # noqa: E402
 
 EXPECTED_COUNTS = {"digits": 10, "cifar10": 10, "waterbirds": 2, "camelyon17": 2, "fmow": 62, "iwildcam": 182,
-                   "domainnet": 345, "imagenet": 1000, "living17": 17, "entity30": 30}
+                   "domainnet": 345, "imagenet": 1000, "living17": 17, "entity30": 30, "flowers102": 102,
+                   "stanford_cars": 196, "fgvc_aircraft": 100}
+# Sources without an official CLIP class/template list: no zero-shot head (the zeroshot stage skips them).
+WITHOUT_PROMPTS = {"stanford_dogs", "caltech256", "mit_indoor67", "cub200"}
 
 
 def test_every_source_has_a_prompt_file_with_its_provenance():
-    assert set(available()) == set(SOURCES) == set(EXPECTED_COUNTS)
+    assert set(available()) == set(SOURCES) - WITHOUT_PROMPTS == set(EXPECTED_COUNTS)
     for source, count in EXPECTED_COUNTS.items():
         p = load_prompts(source)
         assert len(p.names) == count, source
@@ -52,6 +56,18 @@ def test_class_lists_match_the_sources_label_order():
     for task in ("living17", "entity30"):
         shipped = [sc["name"] for sc in json.loads((SHIPPED / f"{task}.json").read_text())["superclasses"]]
         assert list(load_prompts(task).names) == shipped
+
+
+def test_transfer_targets_name_their_prepared_classes():
+    """Flowers-102 labels '1'..'102' in order; Cars and Aircraft ids are the class names themselves."""
+    names, templates = prompts_for("flowers102", {}, ["1", "2", "102"])
+    assert names == ["pink primrose", "hard-leaved pocket orchid", "blackberry lily"]
+    assert templates == ["a photo of a {c}, a type of flower."]
+    assert prompts_for("fgvc_aircraft", {}, ["707-320", "F/A-18"])[0] == ["707-320", "F/A-18"]
+    assert prompts_for("stanford_cars", {}, ["AM General Hummer SUV 2000"])[0] == ["AM General Hummer SUV 2000"]
+    with pytest.raises(NoClassNamesError, match="no name"):
+        prompts_for("stanford_cars", {}, ["Tesla Model S 2012"])
+    assert not any(has_prompts(s) for s in WITHOUT_PROMPTS)
 
 
 def test_imagenet_lists_are_open_clips_and_timms():

@@ -22,25 +22,54 @@ import pytest
 import yaml
 from conftest import REPO, tiny_params
 
-from pipeline.stages import STAGES
+from pipeline.config.settings import hp_names
+from pipeline.stages.registry import STAGES
 
-pytestmark = pytest.mark.slow
+# One worker runs them in turn: two ViT-L/14 fine-tunes side by side take more than a 24 GB machine's memory.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("real_size")]
+
+
+# The classifier forms besides the default (pipeline/models/heads.py, openclip.py): every CLIP architecture
+# is also run in the other form, whether or not a config asks for it yet.
+HEAD_FORMS = {"timm": ("head", "project"), "open_clip": ("normalize_features", False)}
+
+
+def _form(entry: dict) -> tuple[str, str, object] | None:
+    """(family, key, value) of an entry's non-default classifier form, else None."""
+    family = "open_clip" if "open_clip" in entry else "timm"
+    key, value = HEAD_FORMS[family]
+    return (family, key, value) if key in entry and entry[key] == value else None
 
 
 def architectures() -> list[dict]:
-    """One record per distinct architecture in the configs: its timm name and the entries it stands for."""
+    """One record per distinct architecture and classifier form in the configs: its model entry (random
+    weights) and the config entries it stands for. ``arch`` is the architecture (the FROZEN key); ``id`` adds
+    the form."""
     found: dict[str, dict] = {}
+
+    def add(arch: str, model: dict, form: tuple | None, label: str, freeze: bool) -> None:
+        model = {**model, form[1]: form[2]} if form else model
+        rid = f"{arch}+{form[1]}={form[2]}" if form else arch
+        rec = found.setdefault(rid, {"id": rid, "arch": arch, "model": model, "entries": [], "freeze": False})
+        rec["entries"].append(label)
+        rec["freeze"] |= freeze
+
     for path in sorted((REPO / "configs").glob("*.yaml")):
         cfg = yaml.safe_load(path.read_text())
         freezes = any(m.get("freeze", "none") != "none" for m in cfg["methods"].values())
         for name, entry in cfg["models"].items():
             if "open_clip" in entry:   # OpenCLIP: the image and text towers; no pretrained tag
                 arch, model = f"open_clip:{entry['open_clip']}", {"open_clip": entry["open_clip"], "weights": "none"}
+                clip = True
             else:
                 arch, model = entry["timm_name"].split(".")[0], {"timm_name": entry["timm_name"], "weights": "none"}
-            rec = found.setdefault(arch, {"arch": arch, "model": model, "entries": [], "freeze": False})
-            rec["entries"].append(f"{path.stem}:{name}")
-            rec["freeze"] |= freezes and name in cfg["experiment"]["models"]
+                clip = "_clip" in arch
+            freeze = freezes and name in cfg["experiment"]["models"]
+            add(arch, model, _form(entry), f"{path.stem}:{name}", freeze)
+            if clip:   # the other form of a CLIP model: the projection kept (timm), features unnormalised (OpenCLIP)
+                family = "open_clip" if "open_clip" in entry else "timm"
+                other = None if _form(entry) else (family, *HEAD_FORMS[family])
+                add(arch, model, other, f"{path.stem}:{name} (other form)", freeze)
     return list(found.values())
 
 
@@ -66,12 +95,15 @@ FROZEN = {
                           + 2 * (2 * 256 + 256 * 64 + 2 * 64 + 9 * 64 * 64 + 2 * 64 + 64 * 256)),
 }
 FROZEN["resnetv2_101x1_bit"] = FROZEN["resnetv2_50x1_bit"]   # the same stem and first stage
+for _size in ("base_patch16", "large_patch14"):   # OpenAI's activation (QuickGELU) has no parameters
+    FROZEN[f"vit_{_size}_clip_quickgelu_224"] = FROZEN[f"vit_{_size}_clip_224"]
 
 
 def params_for(rec: dict) -> dict:
     cfg = tiny_params()
     cfg["models"] = {"tiny": rec["model"]}
-    cfg["datasets"]["digits"]["build"] = {"image_size": 224, "classes": 2, "train_per_class": 2,
+    cfg["datasets"]["digits"]["storage_size"] = 224   # each model's own eval transform and input size from there
+    cfg["datasets"]["digits"]["build"] = {"classes": 2, "train_per_class": 2,
                                           "val_per_class": 1, "test_per_class": 1, "ood_per_class": 2, "seed": 0}
     methods = {"ft": {"init": "random", "optimizer": "adamw", "lr": 1e-4},
                "lpft": {"init": "lp", "optimizer": "sgd", "lr": 1e-4},
@@ -79,7 +111,7 @@ def params_for(rec: dict) -> dict:
     if rec["freeze"]:
         methods["freeze_embed"] = {"init": "random", "optimizer": "sgd", "lr": 1e-3, "freeze": "embed"}
     clip = "open_clip" in rec["model"]
-    if clip:   # the WiSE-FT and soups configs' runs: end to end from the zero-shot head
+    if clip and rec["model"].get("normalize_features", True):   # WiSE-FT / soups: end to end from the zero-shot head
         methods["ft"] = {"init": "zeroshot", "optimizer": "adamw", "lr": 1e-4}
     cfg["methods"] = methods
     cfg["experiment"] = {"datasets": ["digits"], "models": ["tiny"], "methods": list(methods), "seeds": [0]}
@@ -94,14 +126,14 @@ def params_for(rec: dict) -> dict:
     return cfg
 
 
-@pytest.mark.parametrize("rec", ARCHS, ids=[r["arch"] for r in ARCHS])
+@pytest.mark.parametrize("rec", ARCHS, ids=[r["id"] for r in ARCHS])
 def test_backbone_through_every_stage(rec, tmp_path, monkeypatch, capsys):
     cfg = params_for(rec)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     shutil.copytree(REPO / "paper", tmp_path / "paper", ignore=shutil.ignore_patterns("tables", "figures", "*.pdf"))
     monkeypatch.chdir(tmp_path)
     from pipeline.config import load_params
-    from pipeline.preflight import check
+    from pipeline.tools.preflight import check
 
     loaded = load_params("params.yaml")
     check(loaded)   # the up-front checks pass for the real architecture at its size
@@ -118,7 +150,7 @@ def test_backbone_through_every_stage(rec, tmp_path, monkeypatch, capsys):
         check_outputs(rec, loaded)
     finally:
         with capsys.disabled():
-            print(f"\n[real size] {rec['arch']} ({', '.join(rec['entries'])}): {sum(seconds.values()):.0f}s {seconds}")
+            print(f"\n[real size] {rec['id']} ({', '.join(rec['entries'])}): {sum(seconds.values()):.0f}s {seconds}")
         shutil.rmtree(tmp_path / "data", ignore_errors=True)   # GBs of weights: not kept by pytest's tmp dirs
         shutil.rmtree(tmp_path / "results", ignore_errors=True)
 
@@ -126,8 +158,16 @@ def test_backbone_through_every_stage(rec, tmp_path, monkeypatch, capsys):
 def check_outputs(rec: dict, cfg: dict) -> None:
     run = Path("results/digits/tiny")
     assert (run / "lp/head.safetensors").is_file() and (run / "features.safetensors").is_file()
+    if rec["model"].get("head") == "project":   # the projection kept: the probe is on its outputs, fc on top
+        from pipeline.models.backbone import load_state
+
+        lp = load_state(run / "lp/head.safetensors")
+        ft = load_state(run / "lpft" / hp_names(cfg, "lpft", "digits")[0] / "seed0/model.safetensors")
+        fc = [k for k in ft if k.endswith(".fc.weight")]
+        assert len(fc) == 1 and ft[fc[0]].shape == lp["weight"].shape
+        assert ft[fc[0].replace(".fc.", ".proj.")].shape[0] == lp["weight"].shape[1]
     for method in cfg["experiment"]["methods"]:
-        d = run / method / "default" / "seed0"
+        d = run / method / hp_names(cfg, method, "digits")[0] / "seed0"
         for name in ("model.safetensors", "metrics.csv", "history.csv", "run.json", "layers.csv", "cost.json"):
             assert (d / name).is_file(), d / name
         facts = json.loads((d / "run.json").read_text())
@@ -139,7 +179,7 @@ def check_outputs(rec: dict, cfg: dict) -> None:
         else:
             assert facts["frozen_params"] == 0
     for method in cfg["wise_ft"]["methods"]:
-        curve = pd.read_csv(run / method / "default/seed0/wise_ft.csv")
+        curve = pd.read_csv(run / method / hp_names(cfg, method, "digits")[0] / "seed0/wise_ft.csv")
         assert set(curve["alpha"]) == {0.5, 1.0} and {"grid", "id_val"} <= set(curve["selection"])
     soup = json.loads((run / "soup/seed0/soup.json").read_text())
     assert len(soup["ingredients"]) == len(cfg["soups"]["methods"])

@@ -13,18 +13,22 @@ import pandas as pd
 import pytest
 import yaml
 
+from pipeline.config.settings import hp_names
 from pipeline.evaluation.metrics import COLUMNS
 from pipeline.evaluation.predictions import SplitPredictions, entry_ids, save_predictions
-from pipeline.reporting import aggregate, costs, paper, report
+from pipeline.reporting import aggregate
 from pipeline.reporting.cells import Cell, cell_tex, latex_escape
+from pipeline.stages import costs, paper, report
 
 REPO = Path(__file__).resolve().parents[1]
 SEEDS = (0, 1, 2)
 # method: (ID test acc, mnist_m acc, sklearn_digits acc) at seed 0; ID +1 and mnist_m +2 points per seed.
 BASE = {"ft_adamw": (0.90, 0.50, 0.70), "ft_sgd": (0.80, 0.30, 0.50), "lpft": (0.94, 0.60, 0.80)}
 # SPD's two grid points: ID val prefers lambda 1 (0.95 vs 0.90), OOD val prefers 0.3 (0.70 vs 0.60).
-SPD = {"spd_lambda0.3": dict(test=(0.70, 0.20, 0.40), id_val=0.90, ood_val=0.70),
-       "spd_lambda1": dict(test=(0.85, 0.45, 0.65), id_val=0.95, ood_val=0.60)}
+SPD = {"epochs2_lr0.0003_spd_lambda0.3": dict(test=(0.70, 0.20, 0.40), id_val=0.90, ood_val=0.70),
+       "epochs2_lr0.0003_spd_lambda1": dict(test=(0.85, 0.45, 0.65), id_val=0.95, ood_val=0.60)}
+# The run names params.yaml gives these methods (pipeline.config.settings.run_name; the fixture checks them).
+RUN_HP = {"ft_adamw": "epochs2_lr0.0003", "ft_sgd": "effective_lr0.01_epochs2", "lpft": "epochs2_lr0.0001"}
 SOUPS = {"uniform_soup": (0.60, 0.20, 0.30), "greedy_soup": (0.92, 0.55, 0.75)}
 WISE = ("ft_adamw", "lpft")
 LP = (0.85, 0.40, 0.60)
@@ -79,7 +83,8 @@ def write_predictions(path: Path, entries: dict[str, tuple[dict, tuple[float, fl
 
 
 def frame(rows: list[dict], **ids) -> pd.DataFrame:
-    df = pd.DataFrame([{"dataset": "digits", "model": "lite0", "hp": "default", "seed": 0, "alpha": np.nan,
+    hp = RUN_HP.get(ids.get("method"), "default")
+    df = pd.DataFrame([{"dataset": "digits", "model": "lite0", "hp": hp, "seed": 0, "alpha": np.nan,
                         "selection": "", "metric": "acc", "config_hash": "0123", **ids, **r} for r in rows])
     return df[COLUMNS]
 
@@ -89,7 +94,8 @@ def wise_values(method: str, alpha: float, seed: int) -> tuple[float, float, flo
     return i - 0.1 * (1 - alpha) + 0.01 * seed, m + 0.2 * alpha * (1 - alpha) + 0.02 * seed, s
 
 
-def ids(method: str, hp: str = "default", seed: int = 0, alpha: float | None = None) -> dict:
+def ids(method: str, hp: str | None = None, seed: int = 0, alpha: float | None = None) -> dict:
+    hp = RUN_HP.get(method, "default") if hp is None else hp
     return {"dataset": "digits", "model": "lite0", "method": method, "hp": hp, "seed": seed, "alpha": alpha}
 
 
@@ -130,8 +136,8 @@ def write_inputs(root: Path) -> None:
                                                                                   index=False)
     for seed in SEEDS:
         for method, (i, m, s) in BASE.items():
-            d = run_root / method / "default" / f"seed{seed}"
-            write_run(d, method, "default", seed, (i + 0.01 * seed, m + 0.02 * seed, s))
+            d = run_root / method / RUN_HP[method] / f"seed{seed}"
+            write_run(d, method, RUN_HP[method], seed, (i + 0.01 * seed, m + 0.02 * seed, s))
             if method not in WISE:
                 continue
             grid = {a: split_rows(*wise_values(method, a, seed)) for a in ALPHAS}
@@ -161,6 +167,8 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["experiment"].update(datasets=["digits"], models=["lite0"], methods=METHODS, seeds=list(SEEDS))
     params["methods"]["spd"]["grid"] = {"spd_lambda": [0.3, 1.0]}
+    assert {m: hp_names(params, m, "digits") for m in METHODS} == {**{m: [hp] for m, hp in RUN_HP.items()},
+                                                                    "spd": list(SPD)}
     params["wise_ft"]["methods"] = list(WISE)
     params["soups"]["methods"] = ["ft_adamw", "ft_sgd", "spd"]
     params["analysis"]["lpft_theory"] = {"eps": [0.0, 0.2], "seeds": 2}
@@ -175,7 +183,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture
 def reported(project: Path) -> Path:
-    from pipeline.analysis import lpft_theory
+    from pipeline.stages import lpft_theory
 
     assert report.main([]) == 0
     assert lpft_theory.main([]) == 0   # the paper's other tables
@@ -214,7 +222,7 @@ def test_summary_matches_hand_computed(reported: Path) -> None:
     # SPD: grid point chosen on ID val (lambda 1: ID 85, 86, 87); the oracle row uses OOD val's (lambda 0.3).
     assert stat(summary, "spd", "id_acc") == pytest.approx((0.86, 0.01, 3))
     assert stat(summary, "spd/oracle_hp", "id_acc") == pytest.approx((0.71, 0.01, 3))
-    assert set(summary.loc[summary["row"] == "spd", "hp"]) == {"spd_lambda1"}
+    assert set(summary.loc[summary["row"] == "spd", "hp"]) == {"epochs2_lr0.0003_spd_lambda1"}
     assert stat(summary, "greedy_soup", "ood_acc") == pytest.approx((0.65, 0.0, 3))
 
 
@@ -264,8 +272,10 @@ def table_row(tex: str, label: str, nth: int = 0) -> list[str]:
 def test_table_is_escaped_booktabs(reported: Path) -> None:
     tex = Path("paper/tables/results.tex").read_text()
     for token in (r"\toprule", r"\midrule", r"\bottomrule", r"\label{tab:results}", r"\cmidrule(lr){4-6}",
-                  r"\sbox0{\begin{tabular}{lrrrrrr}", "sklearn\\_digits", "FT (AdamW) + WiSE-FT, $\\alpha$ on OOD val",
-                  "SPD, grid point on OOD val", "Greedy soup", "grid point spd\\_lambda1 chosen on ID val of 2"):
+                  r"\sbox0{\begin{tabular}{lrrrrrr}", r"\textbf{Digits / lite0}",
+                  "Method & $\\alpha$ & accuracy & mean & MNIST-M & scikit-learn digits",   # names, not keys
+                  "FT (AdamW) + WiSE-FT, $\\alpha$ on OOD val", "SPD, grid point on OOD val", "Greedy soup",
+                  "grid point spd\\_lambda1 chosen on ID val of 2"):
         assert token in tex, token
     assert "selected on OOD val" in tex and "selected on ID val" in tex and "mean over 3 seeds" in tex
     assert r"50\% \& co\_x" in tex and ODD_LABEL not in tex
@@ -308,9 +318,13 @@ def test_figures_written_and_reproducible(reported: Path) -> None:
     first = pdf.read_bytes(), png.read_bytes()
     assert first[0].startswith(b"%PDF") and first[1].startswith(b"\x89PNG") and len(first[1]) > 10_000
     assert b"CreationDate" not in first[0]
-    extra = [Path("paper/figures/grad_norms.pdf"), Path("paper/figures/layers.pdf")]
+    # every figure as PDF (paper) and PNG (the HTML report); the claims section too, all rewritten identically
+    extra = [Path(f"paper/figures/{name}.{ext}") for name in ("grad_norms", "layers", "effective_robustness")
+             for ext in ("pdf", "png")] + [Path("paper/tables/claims.tex"), Path("results/report/claims.csv"),
+                                           Path("results/report/tables/claims.html")]
     extra_bytes = [e.read_bytes() for e in extra]
-    assert all(b.startswith(b"%PDF") for b in extra_bytes)
+    assert all(b.startswith(b"%PDF" if e.suffix == ".pdf" else b"\x89PNG" if e.suffix == ".png" else b"")
+               for e, b in zip(extra, extra_bytes))
     assert report.main([]) == 0
     assert (pdf.read_bytes(), png.read_bytes()) == first
     assert [e.read_bytes() for e in extra] == extra_bytes
@@ -472,7 +486,60 @@ def test_published_values_sit_beside_the_results(project: Path) -> None:
 
 
 def test_stale_predictions_stop_the_report(project: Path) -> None:
-    run = Path("results/digits/lite0/ft_adamw/default/seed1")
+    run = Path("results/digits/lite0/ft_adamw/epochs2_lr0.0003/seed1")
     write_predictions(run / "predictions.npz", {"model": (ids("ft_adamw", seed=1), (0.5, 0.5, 0.5))})
-    with pytest.raises(ValueError, match="ft_adamw/default/1 give id_test accuracy 0.500000 but its metrics say"):
+    with pytest.raises(ValueError, match="ft_adamw/epochs2_lr0.0003/1 give id_test accuracy 0.500000 but its "
+                                         "metrics say"):
         report.main([])
+
+
+def test_optimal_alpha_is_a_per_column_oracle(reported: Path) -> None:
+    """report.wise_ft_optimal: the WiSE-FT paper's "optimal alpha", the best alpha of each column on its own."""
+    results = aggregate.read_tidy(["results/report/results.csv"])
+    cfg = {**yaml.safe_load(Path("params.yaml").read_text())["report"], "wise_ft_optimal": True}
+    summary = aggregate.summarise(results, cfg, METHODS)
+    assert list(dict.fromkeys(summary["row"]))[-2:] == ["ft_adamw/wise_ft_optimal", "lpft/wise_ft_optimal"]
+    # ID rises with alpha: alpha 1 (0.90, 0.91, 0.92); mnist_m = m + 0.2 a (1 - a) + 0.02 s peaks at alpha 0.5
+    assert stat(summary, "ft_adamw/wise_ft_optimal", "id_acc") == pytest.approx((0.91, 0.01, 3))
+    assert stat(summary, "ft_adamw/wise_ft_optimal", "ood_acc/mnist_m") == pytest.approx((0.57, 0.02, 3))
+    # sklearn_digits does not move with alpha: a tie over the grid goes to the smallest alpha (0), same value
+    assert stat(summary, "ft_adamw/wise_ft_optimal", "ood_acc/sklearn_digits")[0] == pytest.approx(0.70)
+    rows = summary[summary["row"] == "ft_adamw/wise_ft_optimal"]
+    assert "alpha" not in set(rows["quantity"]) and not rows["quantity"].str.contains("ece").any()
+    assert set(rows["label"]) == {"FT (AdamW) + WiSE-FT, optimal alpha per column (oracle)"}
+    assert set(rows["kind"]) == {"wise_ft_optimal"} and len(set(rows["hp"])) == 1
+    # each column picks its own alpha: no single alpha's row reaches both optima
+    curves = aggregate.wise_ft_curves(results, cfg).query("method == 'ft_adamw'")
+    best = {q: curves[curves["quantity"] == q].set_index("alpha")["mean"].idxmax() for q in ("id_acc", "ood_acc")}
+    assert best == {"id_acc": 1.0, "ood_acc": 0.5}
+    assert aggregate.summarise(results, {**cfg, "wise_ft_optimal": False}, METHODS)["kind"].ne(
+        "wise_ft_optimal").all()
+
+
+def test_wise_ft_table_has_the_papers_rows_and_published_row_ids(project: Path) -> None:
+    """The WiSE-FT table with a fixed alpha and the oracle row; published values are keyed by row id."""
+    Path("paper/reference").mkdir(parents=True)
+    Path("paper/reference/wise.yaml").write_text(yaml.safe_dump({"paper": "Wortsman et al. 2022", "tables": [
+        {"source": "Table 8", "side": "id", "values": {"lite0": {
+            "ft_adamw/wise_ft_fixed": {"digits": 85.0}, "ft_adamw/wise_ft_optimal": {"digits": 90.0}}}}]}))
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    params["report"].update(tables=["wise_ft"], reference=["paper/reference/wise.yaml"], wise_ft_optimal=True)
+    Path("params.yaml").write_text(yaml.safe_dump(params))
+    assert report.main([]) == 0
+    wise = Path("paper/tables/wise_ft.tex").read_text().splitlines()
+    labels = [ln.split(" & ")[0] for ln in wise if " & " in ln and not ln.startswith(r"\textbf")]
+    assert labels[1:7] == ["FT (AdamW)", r"FT (AdamW) + WiSE-FT, $\alpha$ 0.5",
+                           r"\quad{\scriptsize\emph{published: Wortsman et al. 2022}}", "FT (AdamW) + WiSE-FT",
+                           r"FT (AdamW) + WiSE-FT, optimal $\alpha$ per column (oracle)",
+                           r"\quad{\scriptsize\emph{published: Wortsman et al. 2022}}"]
+    fixed = next(i for i, ln in enumerate(wise) if ln.startswith(r"FT (AdamW) + WiSE-FT, $\alpha$ 0.5 &"))
+    assert wise[fixed + 1].split(" & ")[1] == r"85.0\,{\scriptsize($+$1.0)}"   # ours 86.0
+    optimal = next(i for i, ln in enumerate(wise) if ln.startswith("FT (AdamW) + WiSE-FT, optimal"))
+    assert wise[optimal].split(" & ")[1].startswith("91.0") and "[" not in wise[optimal].split(" & ")[1]  # no CI
+    assert wise[optimal + 1].split(" & ")[1] == r"90.0\,{\scriptsize($+$1.0)}"
+    bad = {"paper": "X", "tables": [{"source": "T", "side": "id", "values": {"lite0": {"ft_adamw/wiseft": {
+        "digits": 1.0}}}}]}
+    Path("paper/reference/wise.yaml").write_text(yaml.safe_dump(bad))
+    from pipeline.config import ParamsError, load_params
+    with pytest.raises(ParamsError, match="row 'ft_adamw/wiseft': 'wiseft' is not a row kind"):
+        load_params("params.yaml")

@@ -16,23 +16,25 @@ import torch
 from conftest import PYTHON, tiny_params
 from dataset_stages import load_weights, prepare_inputs
 
-RUN = ["--dataset", "digits", "--model", "tiny", "--method", "ft_adamw", "--hp", "default", "--seed", "0"]
-RUN_DIR = Path("results/digits/tiny/ft_adamw/default/seed0")
-CKPT_DIR = Path("checkpoints/digits/tiny/ft_adamw/default/seed0")
-OUTPUTS = ("model.safetensors", "history.csv", "run.json", "layers.csv")
+HP = "cutmix_alpha1_epochs3_lr0.0003_mixup_alpha0.4"   # the run's name spells its values (workdir's params)
+RUN = ["--dataset", "digits", "--model", "tiny", "--method", "ft_adamw", "--hp", HP, "--seed", "0"]
+RUN_DIR = Path(f"results/digits/tiny/ft_adamw/{HP}/seed0")
+CKPT_DIR = Path(f"checkpoints/digits/tiny/ft_adamw/{HP}/seed0")
+OUTPUTS = ("model.safetensors", "history.csv", "steps.csv", "run.json", "layers.csv")
 STEPS = 3 * 7   # 3 epochs x 7 batches of 8 from 60 training images
 
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
-    """Prepared data and weights for a run with augmentation and dropout (both draw random numbers)."""
+    """Prepared data and weights for a run with augmentation, dropout and mixup/CutMix (all draw random numbers;
+    timm's Mixup from NumPy's global generator, which checkpoints save and restore)."""
     root = tmp_path_factory.mktemp("resume")
     cfg = tiny_params()
     cfg["experiment"]["methods"] = ["ft_adamw"]
     cfg["wise_ft"]["methods"] = ["ft_adamw"]
     cfg["datasets"]["digits"]["train_augment"] = {"crop_scale": [0.5, 1.0], "hflip": True}
     cfg["models"]["tiny"]["model_kwargs"] = {"drop_rate": 0.2}
-    cfg["finetune"].update(epochs=3, batch_size=8)
+    cfg["finetune"].update(epochs=3, batch_size=8, mixup_alpha=0.4, cutmix_alpha=1.0)
     prepare_inputs(root, cfg)
     return root
 
@@ -55,8 +57,10 @@ def uninterrupted(workdir):
     assert proc.returncode == 0, out[-3000:]
     reference = load_weights(workdir / RUN_DIR / "model.safetensors")
     history = (workdir / RUN_DIR / "history.csv").read_text()
+    steps = (workdir / RUN_DIR / "steps.csv").read_text()
+    assert len(steps.splitlines()) == 1 + STEPS          # a row per optimizer step
     clean(workdir)
-    return reference, history
+    return reference, history, steps
 
 
 def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
@@ -66,7 +70,7 @@ def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
 
 
 def test_sigterm_at_random_steps_resumes_bit_for_bit(workdir, uninterrupted):
-    reference, history = uninterrupted
+    reference, history, steps = uninterrupted
     stops = sorted(random.Random(0).sample(range(1, STEPS), 6))
     for step in stops:
         proc = finetune(workdir, PIPELINE_SIGNAL_AT_STEP=str(step))
@@ -82,13 +86,14 @@ def test_sigterm_at_random_steps_resumes_bit_for_bit(workdir, uninterrupted):
     assert_same_weights(load_weights(workdir / RUN_DIR / "model.safetensors"), reference)
     drop_time = lambda text: [line.split(",")[:5] for line in text.splitlines()]  # noqa: E731
     assert drop_time((workdir / RUN_DIR / "history.csv").read_text()) == drop_time(history)
+    assert (workdir / RUN_DIR / "steps.csv").read_text() == steps    # every step's loss and rate, across the stops
     assert not (workdir / CKPT_DIR).exists()                          # removed once the outputs exist
     clean(workdir)
 
 
 def test_sigusr1_from_outside_checkpoints_and_resumes(workdir, uninterrupted):
     """Slurm's warning signal, sent by another process while the run trains."""
-    reference, _ = uninterrupted
+    reference, _, _ = uninterrupted
     proc = finetune(workdir, PIPELINE_CHECKPOINT_SECONDS="0")
     while not (workdir / CKPT_DIR).exists() and proc.poll() is None:   # training has started
         time.sleep(0.02)
@@ -110,7 +115,7 @@ def latest_checkpoint_step(root: Path) -> int:
 
 def test_sigkill_at_random_moments_leaves_no_finished_looking_output(workdir, uninterrupted):
     """Kills are placed by training progress, not wall time, so they happen on fast and slow machines alike."""
-    reference, _ = uninterrupted
+    reference, _, _ = uninterrupted
     rng = random.Random(1)
     kills = 0
     for target in sorted(rng.sample(range(2, STEPS - 1), 5)):

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from pipeline import compat
 from pipeline.config.settings import default_settings
+from pipeline.data.augment import EvalTransform, InputTransforms, TrainTransform
 from pipeline.data.shards import SplitData
 from pipeline.methods.assemble import assemble
 from pipeline.methods.registry import OPTIMIZERS
@@ -41,8 +42,11 @@ def loop_cfg(**kw) -> LoopConfig:
 
 def run(net, settings: dict, runtime: Runtime, cfg: LoopConfig, data: SplitData):
     method = assemble(net, {**default_settings(), **settings}, ("classifier.weight", "classifier.bias"))
-    return train(net, method.optimizer, data, data, (0.5,) * 3, (0.25,) * 3, cfg, hooks=method.hooks,
-                 runtime=runtime)
+    mean, std = (0.5,) * 3, (0.25,) * 3
+    size = data.images.sizes[0, 0]
+    transforms = InputTransforms(TrainTransform(size, mean, std, scale=(1.0, 1.0), ratio=(1.0, 1.0)),
+                                 EvalTransform(size, mean, std))
+    return train(net, method.optimizer, data, data, transforms, cfg, hooks=method.hooks, runtime=runtime)
 
 
 @pytest.mark.parametrize("optimizer", list(OPTIMIZERS))

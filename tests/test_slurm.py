@@ -159,7 +159,7 @@ def test_profile_covers_every_stage():
     """The profile's per-stage table names every stage of pipeline/stages.py with its GPU count."""
     from snakemake.profiles import ProfileConfigFileParser
 
-    from pipeline.stages import STAGES
+    from pipeline.stages.registry import STAGES
 
     old = os.environ.get("PIPELINE_SLURM_GPU_PARTITION")
     os.environ["PIPELINE_SLURM_GPU_PARTITION"] = "gpuq"
@@ -271,9 +271,9 @@ def test_tiny_dag_through_slurm(slurm, tmp_path, request):
         assert ("gres/gpu" in row["AllocTRES"]) == (rule in GPU_STAGES), row
     assert rows[retried]["Timelimit"] == "04:00:00" and rows[retried]["ReqMem"].startswith("16000M"), rows[retried]
     # the retry picked up the preempted attempt's checkpoint, and then removed it
-    ft_log = (root / "logs/finetune/digits/tiny/ft_adamw/default/0.log").read_text()
+    ft_log = (root / "logs/finetune/digits/tiny/ft_adamw/epochs1_lr0.0003/0.log").read_text()
     assert re.search(r"resuming from \S+step0+2 \(step 2\)", ft_log), ft_log[-3000:]
-    assert not (root / "checkpoints/digits/tiny/ft_adamw/default/seed0").exists()
+    assert not (root / "checkpoints/digits/tiny/ft_adamw/epochs1_lr0.0003/seed0").exists()
     _say(request, f"fine-tune preempted at step 2 (Slurm job {preempted}), resumed by job {retried}")
     # the fine-tune may also be requeued by Slurm (slurm-requeue) and gets SIGUSR1 before its limit
     show = run_cli("scontrol", "show", "job", retried, cwd=root).stdout
@@ -291,7 +291,7 @@ def test_failing_job_is_reported(slurm, tmp_path, request):
         (raw / "domainnet" / domain / "cat" / "other.jpg").write_bytes(b"")
         for part in ("train", "test"):
             (raw / "domainnet" / f"{domain}_{part}.txt").write_text(f"{domain}/cat/missing.jpg 0\n")
-    cfg["datasets"]["broken"] = {"source": "domainnet", "root": str(raw), "image_size": 32, "id_domain": "sketch",
+    cfg["datasets"]["broken"] = {"source": "domainnet", "root": str(raw), "storage_size": 32, "id_domain": "sketch",
                                  "ood_domains": ["real"], "download": False}
     cfg["experiment"]["datasets"] = ["digits", "broken"]
     root = _project(tmp_path / "project", cfg)

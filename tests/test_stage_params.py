@@ -6,10 +6,10 @@ import shutil
 import pytest
 import yaml
 
-from pipeline import job as job_module
 from pipeline.config import load_params
-from pipeline.job import Declared, ParamsView, UndeclaredParamError, resolve_job
-from pipeline.stages import STAGES, STAGES_BY_NAME
+from pipeline.stages import job as job_module
+from pipeline.stages.job import Declared, ParamsView, UndeclaredParamError, resolve_job
+from pipeline.stages.registry import STAGES, STAGES_BY_NAME
 
 
 def view_of(stage: str, cfg: dict, **wc) -> ParamsView:
@@ -35,12 +35,12 @@ def test_a_methods_grid_is_outside_its_star_declaration(tiny_workdir):
     cfg = load_params("params.yaml")
     cfg["methods"]["ft_adamw"]["grid"] = {"lr": [1e-3, 1e-4]}
     del cfg["methods"]["ft_adamw"]["lr"]
-    v = view_of("finetune", cfg, dataset="digits", model="tiny", method="ft_adamw", hp="lr0.001", seed="0")
+    v = view_of("finetune", cfg, dataset="digits", model="tiny", method="ft_adamw", hp="epochs1_lr0.001", seed="0")
     assert "grid" not in list(v["methods"]["ft_adamw"])
-    with pytest.raises(UndeclaredParamError, match="methods.ft_adamw.grid"):
-        v["methods"]["ft_adamw"]["grid"]
+    with pytest.raises(UndeclaredParamError, match="methods.ft_adamw.grid.lr"):
+        v["methods"]["ft_adamw"]["grid"]["lr"]   # only a named point of the grid is declared (its own values)
     job = resolve_job(STAGES_BY_NAME["finetune"], cfg, {"dataset": "digits", "model": "tiny", "method": "ft_adamw",
-                                                        "hp": "lr0.001", "seed": "0"})
+                                                        "hp": "epochs1_lr0.001", "seed": "0"})
     assert job.point == {"lr": 1e-3}   # the grid point reaches the stage through the job, not the view
 
 
@@ -66,6 +66,15 @@ def every_method(tiny_workdir):
                                     "decayed"]
     cfg["experiment"]["seeds"] = [0]
     cfg["soups"] = {"methods": ["ft_adamw", "spd", "slow_embed"]}
+    (tiny_workdir / "paper/recipes").mkdir(parents=True, exist_ok=True)
+    (tiny_workdir / "paper/recipes/tiny.yaml").write_text(yaml.safe_dump({"paper": "P", "rows": [
+        {"setting": "methods.spd.grid.spd_lambda", "dataset": "digits", "official": [0.5], "source": "paper"},
+        {"setting": "linear_probe.max_iter", "dataset": "digits", "official": 30, "source": "paper"}]}))
+    cfg["report"]["recipe"] = "paper/recipes/tiny.yaml"
+    # a similarity source that is no experiment dataset: prepared and featurised for the similarity stage
+    cfg["datasets"]["digits_source"] = {**cfg["datasets"]["digits"], "build": {
+        **cfg["datasets"]["digits"]["build"], "train_per_class": 3, "val_per_class": 1, "seed": 1}}
+    cfg["analysis"]["similarity"] = {"source": "digits_source", "max_per_class": 2}
     (tiny_workdir / "params.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     return load_params(tiny_workdir / "params.yaml")
 

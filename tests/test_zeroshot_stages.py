@@ -18,7 +18,7 @@ from conftest import tiny_params
 
 from pipeline.config import ParamsError, load_params, validate
 from pipeline.models.backbone import load_state
-from pipeline.stages import STAGES
+from pipeline.stages.registry import STAGES
 
 TINY = {"embed_dim": 16, "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
         "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 16, "patch_size": 8}}
@@ -44,7 +44,7 @@ def clip_params(workdir: Path) -> dict:
 def ran(tiny_workdir):
     cfg = clip_params(tiny_workdir)
     (tiny_workdir / "params.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    from pipeline.preflight import check
+    from pipeline.tools.preflight import check
 
     loaded = load_params("params.yaml")
     check(loaded)
@@ -68,12 +68,12 @@ def test_zero_shot_head_wise_ft_soup_and_report(ran):
 
     # a fine-tune from the zero-shot head keeps exactly the zero-shot model's keys
     weights = load_state("data/weights/clip.safetensors")
-    tuned = load_state(RUN / "zs_adamw/default/seed0/model.safetensors")
+    tuned = load_state(RUN / "zs_adamw/epochs1_lr0.001/seed0/model.safetensors")
     visual = {k for k in weights if k.startswith("visual.")}
     assert set(tuned) == visual | {"head.weight", "head.bias"}
 
     # WiSE-FT interpolates every key, head included: alpha = 0 is the zero-shot model itself
-    curve = pd.read_csv(RUN / "zs_adamw/default/seed0/wise_ft.csv")
+    curve = pd.read_csv(RUN / "zs_adamw/epochs1_lr0.001/seed0/wise_ft.csv")
     at0 = curve[(curve["alpha"] == 0.0) & (curve["selection"] == "grid")]
     keys = ["split", "domain", "metric"]
     merged = at0.merge(zs, on=keys, suffixes=("_wise", "_zs"))
@@ -96,14 +96,14 @@ def test_zero_shot_head_wise_ft_soup_and_report(ran):
     assert Path("paper/tables/tables.tex").read_text().splitlines()[1] == r"\input{tables/wise_ft}"
     # every run's predictions are saved once, and the zero-shot model is the comparisons' baseline
     assert (RUN / "zeroshot/predictions.npz").is_file()
-    assert (RUN / "zs_adamw/default/seed0/wise_ft_predictions.npz").is_file()
+    assert (RUN / "zs_adamw/epochs1_lr0.001/seed0/wise_ft_predictions.npz").is_file()
     summary = pd.read_csv("results/report/summary.csv")
     assert set(summary.loc[summary["delta"].notna(), "baseline"]) == {"zeroshot"}
 
 
 def test_zero_shot_errors_are_one_line_before_any_job(tiny_workdir, monkeypatch):
     from pipeline.data import prompts
-    from pipeline.preflight import check
+    from pipeline.tools.preflight import check
 
     cfg = clip_params(tiny_workdir)
     timm_cfg = tiny_params()

@@ -10,18 +10,11 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.data.augment import normalize
-from pipeline.data.shards import PreparedDataset
-from pipeline.io import write_csv
-from pipeline.job import parse_job
-from pipeline.methods.init_random import init_head
-from pipeline.models.backbone import default_device, model_from_config, normalization
 from pipeline.models.layers import layer_groups
 
 COLUMNS = ["group", "index", "n_params", "grad_norm", "grad_norm_per_param", "param_norm", "embed"]
@@ -71,28 +64,3 @@ def layer_grad_norms(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
                          "grad_norm_per_param": gn / math.sqrt(n_params) if n_params else math.nan,
                          "param_norm": math.sqrt(w2), "embed": i < embed_k})
     return pd.DataFrame(rows, columns=COLUMNS)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Stage ``grad_norms``: one batch of training images, the pretrained backbone and a fresh head.
-
-    Inputs: ``data/prepared/{dataset}``, ``data/weights/{model}.safetensors``.
-    Output: ``results/{dataset}/{model}/grad_norms.csv`` (one row per layer group).
-    Params: ``analysis.grad_norms.batch_size``, ``models.{model}``.
-    """
-    job = parse_job("grad_norms", argv)
-    params, wc = job.params, job.wildcards
-    torch.manual_seed(0)
-    data = PreparedDataset(job.inputs["data"])
-    model = model_from_config(params["models"][wc["model"]], data.num_classes, job.inputs["weights"])
-    init_head(model, {})
-    model.to(default_device())
-    train = data.split(data.info.get("train_split", "train"))
-    n = min(int(((params.get("analysis") or {}).get("grad_norms") or {}).get("batch_size", 64)), len(train))
-    idx = np.sort(np.random.default_rng(0).choice(len(train), size=n, replace=False))
-    mean, std = normalization(model)
-    images = normalize(torch.from_numpy(train.images[idx]), mean, std)
-    df = layer_grad_norms(model, images, torch.tensor(train.labels[idx]))
-    write_csv(job.outputs["grad_norms"], df.assign(dataset=wc["dataset"], model=wc["model"],
-                                                   config_hash=job.config_hash))
-    return 0

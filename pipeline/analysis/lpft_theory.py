@@ -17,11 +17,6 @@ The gradient of the loss in ``B`` is ``2 v r^T X / n`` (``r`` the residual), so 
 to fit ID data while the OOD part of the features stays put: the features are
 "distorted", and OOD error stays large even as ``eps -> 0``. LP-FT starts near a
 stationary point and barely moves.
-
-Stage ``lpft_theory`` (no inputs): ``results/analysis/lpft_theory.csv`` (one row per
-eps x seed x method, with the config hash) and ``paper/tables/lpft_theory.tex`` (from the template
-``paper/templates/lpft_theory.tex.j2``).
-Params: ``analysis.lpft_theory`` (``eps``, ``seeds``, and the sizes ``d``, ``k``, ``m``, ``n``).
 """
 from __future__ import annotations
 
@@ -30,10 +25,6 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
-
-from pipeline.io import write_csv, write_text
-from pipeline.job import parse_job
-from pipeline.reporting.tables import render_template
 
 METHODS = ("lp", "ft", "lpft")
 METHOD_LABELS = {"lp": "LP", "ft": "FT", "lpft": "LP-FT"}
@@ -202,15 +193,3 @@ def table_context(summary: pd.DataFrame, methods: Sequence[str] = METHODS) -> di
                                           for q in ("id_mse_mean", "ood_mse_mean")]}
             for eps in sorted(summary["eps"].unique())]
     return {"methods": [METHOD_LABELS.get(m, m) for m in methods], "rows": rows}
-
-
-def main(argv: list[str] | None = None) -> int:
-    job = parse_job("lpft_theory", argv)
-    p = dict(((job.params.get("analysis") or {}).get("lpft_theory") or {}).items())
-    eps = p.pop("eps", DEFAULT_EPS)
-    seeds = range(p.pop("seeds", len(DEFAULT_SEEDS)))
-    cfg = ToyConfig(**p)
-    grid = run_grid(cfg, eps, seeds).assign(config_hash=job.config_hash)
-    write_csv(job.outputs["results"], grid)
-    write_text(job.outputs["table"], render_template(job.inputs["template"], table_context(summarize(grid))))
-    return 0

@@ -1,5 +1,6 @@
-"""Datasets: the sources users name in params.yaml, decoding them once into uint8 shards, and reading them.
+"""Datasets: the sources users name in params.yaml, storing them once as image shards, reading them back, and
+the input transforms that crop and resize their images on the device.
 
-The bottom layer with :mod:`pipeline.io`: imports no other folder of the package. Its stage is
-``prepare_data`` (:mod:`pipeline.data.prepare`).
+The bottom library layer: imports no other folder of the package, only the base modules (``io``,
+``compat``). Used by the ``prepare_data`` stage (:mod:`pipeline.data.prepare`) and every later one.
 """

@@ -1,200 +1,221 @@
-"""Batched augmentation and normalisation of uint8 batches on their device, in pure torch.
+"""The model's input transforms of a batch, on the batch's device: the recipe's training crop and the eval transform.
 
-Random-resized-crop, flip and normalisation without a per-image Python loop: one
-``grid_sample`` call crops, resizes and flips the whole batch wherever the batch
-lives (no torchvision ops, whose compiled kernels do not load on CPU torch).
+Both take a batch of stored images of several sizes (:class:`~pipeline.data.resample.Images`, from
+:class:`pipeline.data.loader.Prefetcher`) and return normalised ``dtype`` NCHW tensors of the model's
+input size; the resampling is :mod:`pipeline.data.resample` (torch's antialiased bilinear / bicubic).
 
-Random draws stay on the CPU. :func:`draw_crops` makes exactly the generator calls
-of the per-image implementation this replaced, in the same order, so the boxes and
-flips of a batch, and the generator's state after it, are the same on any device::
+* :class:`TrainTransform`: torchvision's ``RandomResizedCrop(size, scale, ratio, interpolation,
+  antialias=True)``, an optional horizontal flip, then ``(x / 255 - mean) / std``. The crop boxes
+  are drawn from the stored image (its whole extent, aspect jitter included).
+* :class:`EvalTransform`: the model's own eval transform, timm's ``Resize(floor(size / crop_pct))``
+  + ``CenterCrop(size)`` (``crop_mode: center``, also OpenCLIP's ``shortest``) or ``Resize((s, s))``
+  + ``CenterCrop`` (``squash``), with the model's interpolation, mean and std.
 
-    area  = torch.empty(n).uniform_(scale[0], scale[1], generator=g)   # n draws
-    top   = torch.rand(n, generator=g)                                  # n draws
-    left  = torch.rand(n, generator=g)                                  # n draws
-    flip  = torch.rand(n, generator=g) < 0.5      # n draws, only if hflip
+Random draws stay on the CPU, from the run's generator: :func:`draw_crops` makes a fixed number of
+generator calls per batch, whatever the image sizes, in this order::
 
-(these calls even when the crop is the identity). The resize is a float32 bilinear sample
-of the uint8 pixels, never rounded to uint8 (the per-image path resized in uint8 fixed
-point, up to about one grey level off). It equals ``F.interpolate(crop.float(),
-(H, W), mode="bilinear", align_corners=False)`` of each crop up to float rounding
-of the sampling grid (well under 0.01 of 255). Boxes covering the whole (square) image are sampled at
-integer positions to the same precision; a batch whose boxes all cover the image,
-e.g. ``scale=(1, 1)``, skips the sampling entirely and is exact.
+    area   = torch.empty((n, 10), dtype=float64).uniform_(scale[0], scale[1], generator=g)   # 10 attempts
+    logr   = torch.empty((n, 10), dtype=float64).uniform_(log ratio[0], log ratio[1], generator=g)
+    top    = torch.rand(n, dtype=float64, generator=g)
+    left   = torch.rand(n, dtype=float64, generator=g)
+    flip   = torch.rand(n, generator=g) < 0.5                                                # only if hflip
 
-Nothing here reads a device tensor back on the host: on CUDA no function syncs.
+and each image takes its first attempt whose box fits, else torchvision's fallback (the centre crop
+of the clamped aspect ratio): the distribution of ``RandomResizedCrop.get_params``. So the boxes and
+flips of a batch, and the generator's state after it, are the same on any device.
 """
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 
-Layout = Literal["NHWC", "NCHW"]
+from pipeline.data.resample import INTERPOLATIONS, Images, Method, Plan, resample
+
+ATTEMPTS = 10   # torchvision's RandomResizedCrop tries 10 boxes before falling back to the centre crop
+CROP_MODES = ("center", "squash")
 
 
 @dataclass(frozen=True)
 class Crops:
-    """One batch's square crop boxes (pixels) and flips, as CPU tensors of length n."""
+    """One batch's crop boxes (pixels of the stored images) and flips, as CPU tensors of length n."""
 
-    side: torch.Tensor   # int64, box side in pixels
-    top: torch.Tensor    # int64, first row of the box
-    left: torch.Tensor   # int64, first column of the box
-    flip: torch.Tensor   # bool, mirror left-right after the resize
+    top: torch.Tensor     # int64
+    left: torch.Tensor    # int64
+    height: torch.Tensor  # int64
+    width: torch.Tensor   # int64
+    flip: torch.Tensor    # bool: mirror left-right after the resize
 
     def __len__(self) -> int:
-        return len(self.side)
+        return len(self.top)
 
     def __getitem__(self, index: slice | torch.Tensor) -> Crops:
         """The crops of some images, e.g. a DDP rank's slice of the global batch's draws."""
-        return Crops(self.side[index], self.top[index], self.left[index], self.flip[index])
-
-    def covers(self, size: tuple[int, int]) -> bool:
-        """Every box is the whole image (a CPU check: no device sync)."""
-        return size[0] == size[1] and bool((self.side == size[0]).all())
+        return Crops(self.top[index], self.left[index], self.height[index], self.width[index], self.flip[index])
 
 
-def draw_crops(n: int, size: tuple[int, int], scale: tuple[float, float], hflip: bool,
+def draw_crops(shapes: torch.Tensor, scale: Sequence[float], ratio: Sequence[float], hflip: bool,
                generator: torch.Generator) -> Crops:
-    """Draw ``n`` boxes (the same calls, order and values as the per-image implementation this replaced).
+    """``RandomResizedCrop.get_params`` for images of ``shapes`` ([n, 2]: height, width), vectorised.
 
-    A box is square, covers a ``U(scale)`` fraction of the area of the largest
-    square that fits in ``size = (H, W)``, and lies at a uniform integer position.
+    Arithmetic in float64 like torchvision's Python floats; ``round`` is round-half-even in both. The
+    arithmetic is numpy's: torch hands float64 ``sqrt``/``exp`` to MKL's threads, whose start-up costs a
+    scheduler time slice per call on a busy machine.
     """
-    h, w = size
-    full = min(h, w)
-    area = torch.empty(n).uniform_(scale[0], scale[1], generator=generator)
-    side = (area.sqrt() * full).round().clamp(1, full).long()
-    top = (torch.rand(n, generator=generator) * (h - side + 1)).long()
-    left = (torch.rand(n, generator=generator) * (w - side + 1)).long()
+    shapes = torch.as_tensor(shapes, dtype=torch.int64).reshape(-1, 2)
+    n = len(shapes)
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    u_area = torch.empty((n, ATTEMPTS), dtype=torch.float64).uniform_(scale[0], scale[1], generator=generator)
+    u_ratio = torch.empty((n, ATTEMPTS), dtype=torch.float64).uniform_(*log_ratio, generator=generator)
+    u_top = torch.rand(n, dtype=torch.float64, generator=generator).numpy()
+    u_left = torch.rand(n, dtype=torch.float64, generator=generator).numpy()
     flip = (torch.rand(n, generator=generator) < 0.5) if hflip else torch.zeros(n, dtype=torch.bool)
-    return Crops(side, top, left, flip)
+    h, w = shapes[:, 0:1].numpy().astype(np.float64), shapes[:, 1:2].numpy().astype(np.float64)
+    area, aspect = u_area.numpy() * h * w, np.exp(u_ratio.numpy())
+    cw, ch = np.round(np.sqrt(area * aspect)), np.round(np.sqrt(area / aspect))
+    fits = (cw > 0) & (cw <= w) & (ch > 0) & (ch <= h)
+    pick = fits.argmax(1)[:, None]   # the first box that fits
+    ok = fits.any(1)
+    cw, ch = np.take_along_axis(cw, pick, 1)[:, 0], np.take_along_axis(ch, pick, 1)[:, 0]
+    h, w = h[:, 0], w[:, 0]
+    # torchvision's fallback: the whole image, its aspect ratio clamped to [ratio] by a centred crop
+    in_ratio = w / h
+    lo, hi = min(ratio), max(ratio)
+    fb_w = np.where(in_ratio > hi, np.round(h * hi), w)
+    fb_h = np.where(in_ratio < lo, np.round(w / lo), h)
+    cw, ch = np.where(ok, cw, fb_w), np.where(ok, ch, fb_h)
+    top = np.where(ok, np.floor(u_top * (h - ch + 1)), np.floor((h - ch) / 2))
+    left = np.where(ok, np.floor(u_left * (w - cw + 1)), np.floor((w - cw) / 2))
+    return Crops(*(torch.from_numpy(v.astype(np.int64)) for v in (top, left, ch, cw)), flip)
 
 
 @functools.lru_cache(maxsize=16)
 def _affine(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """(shift, scale) with ``(x / 255 - mean) / std == shift + x * scale``.
 
-    Cached per device: building them costs a host-to-device copy, which must not
-    happen every step.
+    Cached per device: building them costs a host-to-device copy, which must not happen every step.
     """
     std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
     shift = -torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) / std_t
     return shift.to(device), (1.0 / (255.0 * std_t)).to(device)
 
 
-def _nchw(images: torch.Tensor, layout: Layout) -> torch.Tensor:
-    if images.dtype != torch.uint8 or images.ndim != 4:
-        raise ValueError(f"expected a uint8 [N,H,W,C] or [N,C,H,W] batch, got {images.dtype} {tuple(images.shape)}")
-    return images.permute(0, 3, 1, 2) if layout == "NHWC" else images
-
-
-def _normalize_into(x: torch.Tensor, mean: Sequence[float], std: Sequence[float], dtype: torch.dtype,
-                    memory_format: torch.memory_format) -> torch.Tensor:
-    """``shift + x * scale`` (float32 arithmetic) written once, straight into the requested dtype and layout."""
+def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float], dtype: torch.dtype = torch.float32,
+              memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+    """Pixel values NCHW (uint8 or float) -> ``(x / 255 - mean) / std`` as one fused multiply-add in float32,
+    written once, straight into ``dtype`` and ``memory_format``."""
     shift, scale = _affine(tuple(mean), tuple(std), x.device)
     out = torch.empty(x.shape, dtype=dtype, device=x.device, memory_format=memory_format)
     return torch.addcmul(shift, x, scale, out=out)
 
 
-def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float], *, layout: Layout = "NHWC",
-              dtype: torch.dtype = torch.float32,
-              memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
-    """uint8 batch on its device -> normalised ``dtype`` NCHW: the evaluation / feature-extraction transform.
-
-    ``(x / 255 - mean) / std`` as one fused multiply-add in float32.
-    """
-    return _normalize_into(_nchw(images, layout), mean, std, dtype, memory_format)
-
-
-def _grid_axis(side: torch.Tensor, offset: torch.Tensor, size: int) -> torch.Tensor:
-    """Normalised ``grid_sample`` coordinates [n, size] of the boxes' resized samples along one axis.
-
-    The source position of output pixel ``i`` is ``F.interpolate``'s (align_corners=False),
-    ``(i + 0.5) * side / size - 0.5`` in the box, clamped to the box: interpolate clamps at 0
-    and repeats the last pixel, so a sample never blends in a pixel outside the box.
-    Elementwise float32 ops only (no matmul as in ``affine_grid``, which TF32 would round).
-    """
-    ratio = side.to(torch.float32) / size
-    pos = torch.arange(size, device=side.device, dtype=torch.float32).add_(0.5)
-    src = (ratio[:, None] * pos - 0.5).clamp_min_(0).minimum((side - 1)[:, None].to(torch.float32))
-    return (src + offset[:, None]).mul_(2).add_(1).div_(size).sub_(1)   # pixel -> [-1, 1], align_corners=False
-
-
-def resized_crop(images: torch.Tensor, crops: Crops, mean: Sequence[float], std: Sequence[float], *,
-                 layout: Layout = "NHWC", dtype: torch.dtype = torch.float32,
-                 memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
-    """Crop each image to its box, resize it back to the full size (bilinear), flip it, normalise it.
-
-    ``images`` is a uint8 batch on any device; ``crops`` (CPU) come from
-    :func:`draw_crops`. Returns ``dtype`` NCHW in ``memory_format`` on the images'
-    device; the resize is computed in float32 whatever ``dtype``.
-    """
-    x = _nchw(images, layout)
-    n, _, h, w = x.shape
-    if len(crops) != n:
-        raise ValueError(f"{len(crops)} crops for {n} images")
-    device = x.device
-    if crops.covers((h, w)):  # nothing to resample: a mirror at most, exact
-        if bool(crops.flip.any()):
-            x = torch.where(_to_device(crops.flip.view(n, 1, 1, 1), device), x.flip(3), x)
-        return _normalize_into(x, mean, std, dtype, memory_format)
-    side, top, left, flip = _to_device(torch.stack([crops.side, crops.top, crops.left, crops.flip.long()]), device)
-    gx = _grid_axis(side, left, w)
-    gx = torch.where(flip.bool()[:, None], gx.flip(1), gx)  # a mirrored output reads its columns right to left
-    gy = _grid_axis(side, top, h)
-    grid = torch.empty((n, h, w, 2), dtype=torch.float32, device=device)
-    grid[..., 0] = gx[:, None, :]   # separable: x depends on the column only, y on the row only
-    grid[..., 1] = gy[:, :, None]
-    xf = x.to(torch.float32, memory_format=torch.contiguous_format)
-    # "border" only guards against rounding a hair past the image edge; the grid stays inside each box.
-    sampled = F.grid_sample(xf, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    return _normalize_into(sampled, mean, std, dtype, memory_format)
-
-
-def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A small CPU tensor on ``device`` without a host sync: pageable host-to-CUDA copies sync the stream."""
-    if device.type == "cuda":
-        return t.pin_memory().to(device, non_blocking=True)   # the host allocator keeps the block until copied
-    return t.to(device)
+def _check(interpolation: str) -> None:
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation {interpolation!r} is not one of {', '.join(INTERPOLATIONS)}")
 
 
 @dataclass(frozen=True)
-class Augment:
-    """A run's training transform: random-resized-crop + flip + normalisation of uint8 batches.
+class _Transform:
+    """What both transforms share: the model's input side and normalisation, the output's dtype and
+    memory format, the resampling executor (:mod:`pipeline.data.resample`)."""
 
-    ``scale=(1, 1)`` with square images and ``hflip=False`` is the identity crop:
-    only the normalisation runs (the draws still happen).
-    """
-
+    size: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    scale: tuple[float, float] = (1.0, 1.0)
+    dtype: torch.dtype = field(default=torch.float32, kw_only=True)
+    memory_format: torch.memory_format = field(default=torch.contiguous_format, kw_only=True)
+    method: Method = field(default="auto", kw_only=True)
+
+    def _run(self, images: Images, plan: Plan, interpolation: str) -> torch.Tensor:
+        """Resample the plan's crops, normalise: ``dtype`` NCHW on the images' device."""
+        pixels = resample(images, plan, interpolation, self.method)
+        return normalize(pixels, self.mean, self.std, self.dtype, self.memory_format)
+
+
+@dataclass(frozen=True)
+class TrainTransform(_Transform):
+    """A run's training transform: random-resized crop of the recipe + flip + normalisation, batched.
+
+    ``size``: the model's input side; ``scale``, ``ratio``, ``interpolation``: RandomResizedCrop's;
+    ``hflip``: RandomHorizontalFlip (p = 0.5). The train transform of a batch is
+    ``TrainTransform(...)(batch.images, generator)``, or ``apply(images, draw(shapes, generator))``.
+    """
+
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
     hflip: bool = False
-    layout: Layout = "NHWC"
-    dtype: torch.dtype = torch.float32
-    memory_format: torch.memory_format = torch.contiguous_format
+    interpolation: str = "bilinear"
 
-    def size(self, images: torch.Tensor) -> tuple[int, int]:
-        """(H, W) of a batch in this transform's layout."""
-        return tuple(images.shape[1:3] if self.layout == "NHWC" else images.shape[2:4])
+    def __post_init__(self) -> None:
+        _check(self.interpolation)
 
-    def draw(self, n: int, size: tuple[int, int], generator: torch.Generator) -> Crops:
-        """The CPU draws for ``n`` images; draw for the global batch, then slice it per DDP rank."""
-        return draw_crops(n, size, self.scale, self.hflip, generator)
+    def draw(self, shapes: torch.Tensor, generator: torch.Generator) -> Crops:
+        """The CPU draws for images of ``shapes`` [n, 2]; draw for the global batch, then slice per DDP rank."""
+        return draw_crops(shapes, self.scale, self.ratio, self.hflip, generator)
 
-    def apply(self, images: torch.Tensor, crops: Crops) -> torch.Tensor:
-        return resized_crop(images, crops, self.mean, self.std, layout=self.layout, dtype=self.dtype,
-                            memory_format=self.memory_format)
+    def plan(self, crops: Crops) -> Plan:
+        n, s = len(crops), self.size
+        return Plan(torch.stack([crops.top, crops.left], 1), torch.stack([crops.top + crops.height,
+                                                                          crops.left + crops.width], 1),
+                    torch.full((n, 2), s, dtype=torch.int64), torch.zeros((n, 2), dtype=torch.int64), crops.flip,
+                    (s, s))
 
-    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def apply(self, images: Images, crops: Crops) -> torch.Tensor:
+        """Crop each image to its box, resize it, flip it, normalise it: ``dtype`` NCHW on the images' device."""
+        return self._run(images, self.plan(crops), self.interpolation)
+
+    def __call__(self, images: Images, generator: torch.Generator) -> torch.Tensor:
         """Draw for this batch from ``generator`` (CPU), then crop, flip and normalise on the batch's device."""
-        return self.apply(images, self.draw(len(images), self.size(images), generator))
+        return self.apply(images, self.draw(images.shapes, generator))
 
-    def eval(self, images: torch.Tensor) -> torch.Tensor:
-        """Normalisation only (evaluation, features), same layout, dtype and memory format."""
-        return normalize(images, self.mean, self.std, layout=self.layout, dtype=self.dtype,
-                         memory_format=self.memory_format)
+
+@dataclass(frozen=True)
+class EvalTransform(_Transform):
+    """A model's eval transform: resize to ``floor(size / crop_pct)``, centre crop ``size``, normalise."""
+
+    crop_pct: float = 1.0
+    crop_mode: str = "center"
+    interpolation: str = "bicubic"
+
+    def __post_init__(self) -> None:
+        _check(self.interpolation)
+        if self.crop_mode not in CROP_MODES:
+            raise ValueError(f"crop_mode {self.crop_mode!r} is not supported (one of {', '.join(CROP_MODES)})")
+        if not 0 < self.crop_pct <= 1:
+            raise ValueError(f"crop_pct {self.crop_pct} must lie in (0, 1] (a crop larger than the resize pads)")
+
+    @property
+    def resize(self) -> int:
+        """timm's ``scale_size``: ``floor(size / crop_pct)``."""
+        return math.floor(self.size / self.crop_pct)
+
+    def plan(self, shapes: torch.Tensor) -> Plan:
+        """torchvision's ``Resize(resize)`` (shorter side; ``squash``: both) then ``CenterCrop(size)``."""
+        shapes = torch.as_tensor(shapes, dtype=torch.int64).reshape(-1, 2)
+        n, r = len(shapes), self.resize
+        if self.crop_mode == "squash":
+            resized = torch.full((n, 2), r, dtype=torch.int64)
+        else:   # shorter side to r, the longer one int(r * long / short) (torchvision truncates)
+            short = shapes.min(1, keepdim=True).values
+            resized = torch.where(shapes == short, torch.full_like(shapes, r),
+                                  (r * shapes.double() / short.double()).long())
+            resized = torch.where(shapes[:, :1] == shapes[:, 1:], torch.full_like(shapes, r), resized)
+        # CenterCrop: int(round((resized - size) / 2)), half to even like Python's round
+        first = ((resized - self.size).double() / 2).round().long()
+        return Plan(torch.zeros((n, 2), dtype=torch.int64), shapes, resized, first,
+                    torch.zeros(n, dtype=torch.bool), (self.size, self.size))
+
+    def __call__(self, images: Images) -> torch.Tensor:
+        return self._run(images, self.plan(images.shapes), self.interpolation)
+
+
+@dataclass(frozen=True)
+class InputTransforms:
+    """A model's two input transforms: the run's training crop and the model's eval transform."""
+
+    train: TrainTransform
+    eval: EvalTransform

@@ -8,7 +8,7 @@ network at all) and otherwise fetches (:mod:`.transfer`), verifies (:mod:`.verif
 checkpoints into local files. Every failure is a :class:`~.errors.DownloadError` with a one-line
 message saying what to place where. Depends on :mod:`pipeline.data` (the layouts the sources read).
 
-Entry points: the stage ``download`` (:mod:`.stage`, one job per dataset that reads files,
-upstream of ``prepare_data``) and the tool ``python -m pipeline fetch`` (``pipeline/fetch.py``:
+Entry points: the stage ``download`` (``pipeline/stages/download.py``, one job per dataset that reads
+files, upstream of ``prepare_data``) and the tool ``python -m pipeline fetch`` (``pipeline/tools/fetch.py``:
 everything a config needs, datasets and hub checkpoints, on a machine with network).
 """

@@ -4,6 +4,18 @@ The data lives in ``manifest.yaml`` beside this module (its header documents eve
 module loads it into frozen dataclasses and validates it, so a typo stops with one line naming
 the part, the file and the key before anything is fetched. Tests and callers may pass their own
 :class:`Manifest` (e.g. :meth:`Manifest.with_file` pointing a part's URLs at a local server).
+
+Archive caps (:class:`ExtractLimits`) live in the manifest too, their one home: a top-level
+``limits:`` mapping sets them for every archive, and the same keys in a file's ``extract:`` for
+that archive alone; what neither sets keeps the defaults below. A site changes them in its own
+manifest (``$PIPELINE_DOWNLOAD_MANIFEST``). Keys:
+
+- ``max_extracted_size`` (bytes, default 256 GiB): the most one archive may unpack to in all
+  (the largest shipped archive, FMoW, is about 50 GiB);
+- ``max_expansion_ratio`` (default 20): the most it may unpack to per byte of archive (real
+  image archives stay near 1; a 7 MB archive unpacking to 1.6 GiB is 230);
+- ``ratio_grace`` (bytes, default 64 MiB): what any archive may unpack to whatever its ratio
+  (small archives of text or synthetic images compress far better than 20 to 1).
 """
 from __future__ import annotations
 
@@ -26,6 +38,24 @@ _HEX = {"md5": re.compile(r"[0-9a-f]{32}"), "sha256": re.compile(r"[0-9a-f]{64}"
 _PART_KEYS = {"title", "homepage", "layout", "check", "manual", "instructions", "files"}
 _FILE_KEYS = {"name", "urls", "size", "approx_size", "md5", "sha256", "checksum_source", "size_source", "extract", "to"}
 _MIRROR_KEYS = {"url", "size", "md5", "sha256", "checksum_source"}
+_LIMIT_KEYS = {"max_extracted_size", "max_expansion_ratio", "ratio_grace"}
+
+
+@dataclass(frozen=True)
+class ExtractLimits:
+    """Caps on what one archive may unpack to (see the module docstring); ``manifest`` names where to change them."""
+
+    max_extracted_size: int = 256 * 2**30
+    max_expansion_ratio: float = 20.0
+    ratio_grace: int = 64 * 2**20
+    manifest: str = field(default=str(MANIFEST_PATH), compare=False)
+
+    def cap(self, archive_size: int) -> tuple[int, str]:
+        """The most bytes an archive of ``archive_size`` bytes may unpack to, and the setting that caps it."""
+        by_ratio = max(int(self.max_expansion_ratio * archive_size), self.ratio_grace)
+        if by_ratio < self.max_extracted_size:
+            return by_ratio, "max_expansion_ratio"
+        return self.max_extracted_size, "max_extracted_size"
 
 
 @dataclass(frozen=True)
@@ -70,6 +100,7 @@ class FileSpec:
     checksum_source: str | None = None
     member: str | None = None      # archive: the folder inside it to keep ("." = the archive's root)
     to: str = ""                   # path under the root: the member's new name, or the plain file's
+    limits: ExtractLimits = ExtractLimits()   # archive: caps on what it may unpack to
 
     @property
     def is_archive(self) -> bool:
@@ -147,10 +178,29 @@ def parse_manifest(raw: Any, where: str = "<memory>") -> Manifest:
     """Validate the mapping form of a manifest (as in ``manifest.yaml``) into a :class:`Manifest`."""
     if not isinstance(raw, dict) or not isinstance(raw.get("parts"), dict) or not raw["parts"]:
         raise ManifestError(f"{where}: expected a mapping with a non-empty 'parts' mapping")
-    return Manifest({name: _part(str(name), spec, where) for name, spec in raw["parts"].items()}, where)
+    _keys(raw.get("limits", {}), _LIMIT_KEYS, f"{where}: limits")
+    limits = _limits(raw.get("limits", {}), ExtractLimits(manifest=where), f"{where}: limits")
+    return Manifest({name: _part(str(name), spec, where, limits) for name, spec in raw["parts"].items()}, where)
 
 
-def _part(name: str, spec: Any, where: str) -> Part:
+def _limits(spec: Any, base: ExtractLimits, ctx: str) -> ExtractLimits:
+    """``base`` with the limit keys that ``spec`` sets (its other keys are the caller's to check)."""
+    changes = {}
+    for key in sorted(_LIMIT_KEYS & set(spec)):
+        value = spec[key]
+        if key == "max_expansion_ratio":
+            ok, want = isinstance(value, (int, float)) and value > 0, "a positive number"
+        else:
+            grace = key == "ratio_grace"
+            ok = isinstance(value, int) and (value >= 0 if grace else value > 0)
+            want = f"a number of bytes{', 0 or more' if grace else ' above 0'}"
+        if not ok or isinstance(value, bool):
+            raise ManifestError(f"{ctx}.{key}: expected {want}, got {value!r}")
+        changes[key] = value
+    return dataclasses.replace(base, **changes)
+
+
+def _part(name: str, spec: Any, where: str, limits: ExtractLimits) -> Part:
     ctx = f"{where}: parts.{name}"
     _keys(spec, _PART_KEYS, ctx)
     for key in ("title", "homepage", "layout"):
@@ -164,7 +214,7 @@ def _part(name: str, spec: Any, where: str) -> Part:
         raise ManifestError(f"{ctx}: a manual part has instructions and no files")
     if not manual and (not isinstance(files, list) or not files):
         raise ManifestError(f"{ctx}.files: expected a non-empty list (or manual: true with instructions)")
-    parsed = tuple(_file(f, f"{ctx}.files[{i}]") for i, f in enumerate(files))
+    parsed = tuple(_file(f, f"{ctx}.files[{i}]", limits) for i, f in enumerate(files))
     names = [f.name for f in parsed]
     if len(set(names)) != len(names):
         raise ManifestError(f"{ctx}.files: file names must be unique, got {names}")
@@ -173,7 +223,7 @@ def _part(name: str, spec: Any, where: str) -> Part:
                 files=parsed, manual=manual, instructions=str(spec.get("instructions", "")))
 
 
-def _file(spec: Any, ctx: str) -> FileSpec:
+def _file(spec: Any, ctx: str, limits: ExtractLimits) -> FileSpec:
     _keys(spec, _FILE_KEYS, ctx)
     name = _text(spec.get("name"), f"{ctx}.name")
     if "/" in name or name.startswith("."):
@@ -185,7 +235,8 @@ def _file(spec: Any, ctx: str) -> FileSpec:
         raise ManifestError(f"{ctx}: give either extract: {{member, to}} (an archive) or to: (a plain file)")
     if "extract" in spec:
         extract = spec["extract"]
-        _keys(extract, {"member", "to"}, f"{ctx}.extract")
+        _keys(extract, {"member", "to", *_LIMIT_KEYS}, f"{ctx}.extract")
+        limits = _limits(extract, limits, f"{ctx}.extract")
         member = _relative(_text(extract.get("member"), f"{ctx}.extract.member"), f"{ctx}.extract.member",
                            allow_dot=True)
         to = _relative(_text(extract.get("to"), f"{ctx}.extract.to"), f"{ctx}.extract.to")
@@ -195,7 +246,7 @@ def _file(spec: Any, ctx: str) -> FileSpec:
                     size=_size(spec.get("size"), f"{ctx}.size"),
                     approx_size=_size(spec.get("approx_size"), f"{ctx}.approx_size"),
                     md5=_hex(spec.get("md5"), "md5", ctx), sha256=_hex(spec.get("sha256"), "sha256", ctx),
-                    checksum_source=_checksum_source(spec, ctx), member=member, to=to)
+                    checksum_source=_checksum_source(spec, ctx), member=member, to=to, limits=limits)
 
 
 def _mirror(spec: Any, ctx: str) -> Mirror:

@@ -1,10 +1,13 @@
 """Verification of finished downloads: published checksums and sizes, else the lock file.
 
 A file with a published MD5 or SHA-256 (``manifest.yaml`` records where each value comes from)
-must match it. A file without one is trusted on its first verified download: its SHA-256, size
-and URL go into the lock file (default ``data/checksums.lock``, committed by the user), and every
-later download of it, on any machine, must match that entry. A mismatch is refused with one line
-naming the URL, the file, the expected and the actual value; the caller deletes the download.
+must match it. A file without one is trusted on its first download that passed every check: its
+SHA-256, size and URL go into the lock file (default ``data/checksums.lock``, committed by the
+user), and every later download of it, on any machine, must match that entry. Pinning is the
+caller's last step (:func:`pin`), after :func:`verify` and whatever else the file must pass (an
+archive unpacked completely, a checkpoint readable): a download that fails anywhere leaves the
+lock file as it was. A mismatch is refused with one line naming the URL, the file, the expected
+and the actual value; the caller deletes the download.
 
 The lock file is JSON, ``{"<part>/<file>": {"sha256": ..., "size": ..., "url": ...}}``, keys
 sorted, rewritten atomically under an exclusive lock so parallel download jobs do not lose entries.
@@ -77,12 +80,19 @@ class ChecksumLock:
     def get(self, key: str) -> dict | None:
         return self._read().get(key)
 
-    def record(self, key: str, digest: Digest, url: str) -> None:
-        """Add ``key`` (read-modify-write under an exclusive lock; the file is replaced atomically)."""
+    def pin(self, key: str, digest: Digest, url: str) -> dict | None:
+        """Record ``key`` unless it has an entry; returns that entry when it holds other bytes, else None.
+
+        Read-modify-write under an exclusive lock; the file is replaced atomically, and only when it changes.
+        """
         with self._exclusive():
             entries = self._read()
+            entry = entries.get(key)
+            if entry is not None:
+                return None if _matches(entry, digest) else entry
             entries[key] = {"sha256": digest.sha256, "size": digest.size, "url": url}
             write_json(self.path, entries)
+        return None
 
     def _read(self) -> dict[str, dict]:
         if not self.path.exists():
@@ -110,18 +120,28 @@ class ChecksumLock:
             os.close(fd)   # closing releases the lock
 
 
-def verify(label: str, key: str, url: str, got: Digest, expected: Expected, lock: ChecksumLock | None) -> None:
+def _matches(entry: dict, got: Digest) -> bool:
+    return got.sha256 == entry["sha256"] and got.size == entry.get("size", got.size)
+
+
+DELETED = "the download was deleted and nothing was put in place"
+
+
+def verify(label: str, key: str, url: str, got: Digest, expected: Expected, lock: ChecksumLock | None, *,
+           kept: str = DELETED) -> bool:
     """Raise :class:`ChecksumError` unless ``got`` matches the published values, else the lock entry.
 
-    ``label`` names the dataset part, ``key`` the file (``<part>/<file>``); with no published checksum
-    and no lock entry yet, the download is recorded in ``lock`` (trust on first verified download).
+    ``label`` names the dataset part, ``key`` the file (``<part>/<file>``), ``kept`` what the caller
+    does with a refused download. Returns True when ``got`` is still to be pinned (no published
+    checksum, no lock entry yet): the caller calls :func:`pin` once every further check passed.
     """
     name = key.rsplit("/", 1)[-1]
+    unchanged = f" and {lock.path} was left as it was" if lock is not None else ""
 
     def refuse(what: str, want: str | int, have: str | int, source: str) -> ChecksumError:
         return ChecksumError(f"{label}: {name} from {url} failed verification: expected {what} {want} ({source}), "
-                             f"got {have}; the download was deleted and nothing was put in place. Re-run to "
-                             f"download it again; if it fails again the host serves other bytes: report it")
+                             f"got {have}; {kept}{unchanged}. Re-run to download it again; if it fails again the "
+                             "host serves other bytes: report it")
 
     source = expected.source or "manifest.yaml"
     if expected.size is not None and got.size != expected.size:
@@ -131,14 +151,30 @@ def verify(label: str, key: str, url: str, got: Digest, expected: Expected, lock
     if expected.sha256 and got.sha256 != expected.sha256:
         raise refuse("sha256", expected.sha256, got.sha256, source)
     if expected.published or lock is None:
-        return
+        return False
     entry = lock.get(key)
     if entry is None:
-        lock.record(key, got, url)
-        return
-    if got.sha256 != entry["sha256"] or got.size != entry.get("size", got.size):
-        raise ChecksumError(
-            f"{label}: {name} from {url} does not match the lock file: expected sha256 {entry['sha256']} "
-            f"({entry.get('size')} bytes, recorded in {lock.path} from {entry.get('url')}), got {got.sha256} "
-            f"({got.size} bytes); the download was deleted and nothing was put in place. If the host changed the "
-            f"file on purpose, delete the entry {key!r} from {lock.path} and re-run")
+        return True
+    if not _matches(entry, got):
+        raise lock_mismatch(label, key, url, got, entry, lock, kept)
+    return False
+
+
+def pin(label: str, key: str, url: str, got: Digest, lock: ChecksumLock, *, kept: str = DELETED) -> None:
+    """Record ``got`` in ``lock`` (trust on first download that passed every check).
+
+    Raises :class:`ChecksumError` when another job pinned other bytes for ``key`` in the meantime.
+    """
+    entry = lock.pin(key, got, url)
+    if entry is not None:
+        raise lock_mismatch(label, key, url, got, entry, lock, kept)
+
+
+def lock_mismatch(label: str, key: str, url: str, got: Digest, entry: dict, lock: ChecksumLock,
+                  kept: str = DELETED) -> ChecksumError:
+    name = key.rsplit("/", 1)[-1]
+    return ChecksumError(
+        f"{label}: {name} from {url} does not match the lock file: expected sha256 {entry['sha256']} "
+        f"({entry.get('size')} bytes, recorded in {lock.path} from {entry.get('url')}), got {got.sha256} "
+        f"({got.size} bytes); {kept}. If the host changed the file on purpose, delete the entry {key!r} from "
+        f"{lock.path} and re-run; otherwise re-run to download it again, and report the host if it still differs")

@@ -1,4 +1,4 @@
-"""Weight-space interpolation (WiSE-FT, Wortsman et al. 2022).
+"""Weight-space interpolation (WiSE-FT, Wortsman et al. 2022) and the choice of its mixing coefficient.
 
 theta_alpha[k] = (1 - alpha) * theta_0[k] + alpha * theta_1[k] for every floating
 tensor. When the fine-tuned model has a new head that the pretrained model never
@@ -6,11 +6,16 @@ had (a fresh head), the backbone is interpolated and the head is taken from the
 fine-tuned model (methods.md section 1.8); when FT started from a head the
 pretrained side carries too (the LP head of LP-FT), both endpoints share it and it is
 interpolated too. Which case applies is the head initialisation's to say
-(``pretrained_head`` of its registry module).
+(``pretrained_head`` of its registry module). With ``head: project`` (timm CLIP models) the head is
+only the new layer: the kept pretrained projection belongs to theta_0 and is interpolated with the
+backbone.
 """
 from __future__ import annotations
 
+import pandas as pd
 import torch
+
+from pipeline.evaluation.metrics import ALL_DOMAINS
 
 
 def interpolate(theta0: dict[str, torch.Tensor], theta1: dict[str, torch.Tensor], alpha: float,
@@ -56,3 +61,11 @@ def pretrained_endpoint(pretrained: dict[str, torch.Tensor], finetuned: dict[str
         return theta0, frozenset()
     theta0[head_keys[0]], theta0[head_keys[1]] = finetuned[head_keys[0]], finetuned[head_keys[1]]
     return theta0, frozenset(head_keys)
+
+
+def select_alpha(curve: pd.DataFrame, split: str) -> float:
+    """Alpha with the best accuracy on ``split`` (whole split); ties go to the smaller alpha."""
+    acc = curve[(curve["split"] == split) & (curve["domain"] == ALL_DOMAINS) & (curve["metric"] == "acc")]
+    if acc.empty:
+        raise ValueError(f"no accuracy rows for split {split!r} to select alpha on")
+    return float(acc.sort_values(["value", "alpha"], ascending=[False, True]).iloc[0]["alpha"])

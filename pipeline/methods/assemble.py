@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from pipeline.methods.groups import param_groups
-from pipeline.methods.registry import INITS, OPTIMIZERS, POLICIES, REGULARISERS, effective_lr, layer_columns
+from pipeline.methods.registry import INITS, OPTIMIZERS, layer_columns, switched_on
 
 
 @dataclass
@@ -31,6 +31,13 @@ class Assembly:
         found = self.module.layer_stats(self.optimizer) if hasattr(self.module, "layer_stats") else {}
         return {name: {c: found.get(name, {}).get(c, math.nan) for c in layer_columns()}
                 for group in self.optimizer.param_groups for name in group.get("param_names", [])}
+
+
+def effective_lr(settings: dict) -> float | None:
+    """lr / (1 - momentum) for momentum optimizers (SGD, SGDP; Li et al. 2020), None for adaptive ones."""
+    if "momentum" in OPTIMIZERS[settings["optimizer"]].keys:
+        return float(settings["lr"]) / (1.0 - float(settings["momentum"]))
+    return None
 
 
 def init_head(model: nn.Module, init: str, inputs: dict) -> None:
@@ -53,13 +60,15 @@ def assemble(model: nn.Module, settings: dict, head: tuple[str, ...] = (), devic
     device = device or next(model.parameters()).device
     lr_scale: dict[str, float] = {}
     facts: dict = {}
-    for policy in POLICIES.values():
+    parts = switched_on(settings)
+    for policy in (c for c in parts if c.kind == "policy"):
         facts |= policy.load().apply(model, settings, lr_scale)
     module = OPTIMIZERS[settings["optimizer"]].load()
-    groups = param_groups(model, float(settings["lr"]), float(settings["weight_decay"]), lr_scale, head)
+    groups = param_groups(model, float(settings["lr"]), float(settings["weight_decay"]), lr_scale, head,
+                          settings["weight_decay_scope"])
     optimizer = module.build(groups, settings, device)
     # Regularisers anchor at the weights as they are now: pretrained backbone, initialised head.
-    hooks = [h for r in REGULARISERS.values() if (h := r.load().build(model, settings, head)) is not None]
+    hooks = [h for r in parts if r.kind == "regulariser" and (h := r.load().build(model, settings, head)) is not None]
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_all = sum(p.numel() for p in model.parameters())
     facts |= {"optimizer": settings["optimizer"], "lr": float(settings["lr"]), "effective_lr": effective_lr(settings),

@@ -19,6 +19,8 @@ def init_head(model: nn.Module, inputs: dict) -> None:
     if not getattr(model, "pretrained_cfg", {}).get("architecture", "").startswith("open_clip:"):
         # A text-embedding head only means something over CLIP's normalised image features.
         raise ValueError(f"init zeroshot needs an OpenCLIP model (models.<name>.open_clip), got {type(model).__name__}")
+    if not getattr(model, "normalize", True):
+        raise ValueError("init zeroshot needs normalize_features: true (the head is built for unit image features)")
     w_name, b_name = head_names(model)
     state = model.state_dict()
     head = fit_head(load_state(inputs["zeroshot_head"]), state[w_name], state[b_name],

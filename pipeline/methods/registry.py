@@ -17,15 +17,19 @@ What an entry's module provides, by kind:
   ``pretrained_head(inputs) -> {"weight", "bias"} | None``, the head WiSE-FT's theta_0 carries
   (None: the fine-tuned model's head is new, so it is kept, not interpolated). ``inputs`` are the
   job's input paths; the entry's ``inputs`` name the extra ones it needs as (stage, output).
-* ``regulariser`` (always consulted): ``build(model, settings, head) -> hook | None``; a hook has
-  ``after_backward()``, called between the backward pass and gradient clipping.
-* ``policy`` (always consulted, in registry order): ``apply(model, settings, lr_scale) -> dict``
-  may freeze parameters (``requires_grad``) or scale their learning rate (multiply
-  ``lr_scale[name]``), and returns facts to record with the run.
+* ``regulariser`` (consulted when a key of it leaves its default): ``build(model, settings, head) -> hook``;
+  a hook has ``after_backward()``, called between the backward pass and gradient clipping.
+* ``policy`` (consulted when a key of it leaves its default, in registry order):
+  ``apply(model, settings, lr_scale) -> dict`` may freeze parameters (``requires_grad``) or scale
+  their learning rate (multiply ``lr_scale[name]``), and returns facts to record with the run.
+
+At the defaults of its keys, a regulariser or policy must be the identity (no hook; nothing frozen
+or scaled): :func:`used` leaves it out, and a run depends only on the parts it uses.
 """
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -49,7 +53,10 @@ class Key:
 
 
 KEYS: dict[str, Key] = {
-    "weight_decay": Key(0.0, _NONNEG, "weight decay; none on norms, biases and no_weight_decay() tensors", True),
+    "weight_decay": Key(0.0, _NONNEG, "weight decay; which tensors it reaches: weight_decay_scope", True),
+    "weight_decay_scope": Key("groups", {"enum": ["groups", "all"]},
+                              "groups: none on norms, biases and no_weight_decay() tensors (timm's groups); all: "
+                              "every trainable tensor, as torch.optim.AdamW(params) in wise-ft and model-soups"),
     "momentum": Key(0.9, _MOMENTUM, "heavy-ball momentum", True),
     "effective_lr": Key(None, _POSITIVE, "lr / (1 - momentum) (Li et al. 2020), instead of lr", True),
     "betas": Key([0.9, 0.999], {"type": "array", "items": {"type": "number", "minimum": 0, "exclusiveMaximum": 1},
@@ -93,16 +100,20 @@ class Component:
 _M = "pipeline.methods."
 COMPONENTS: tuple[Component, ...] = (
     Component("optimizer", "adamw", _M + "adamw", "AdamW", "AdamW, timm's factory (fused on CUDA)",
-              ("weight_decay", "betas")),
+              ("weight_decay", "weight_decay_scope", "betas")),
     Component("optimizer", "sgd", _M + "sgd", "SGD", "heavy-ball SGD, timm's factory",
-              ("weight_decay", "momentum", "effective_lr"), "Li et al. 2020 (effective lr)"),
+              ("weight_decay", "weight_decay_scope", "momentum", "effective_lr"), "Li et al. 2020 (effective lr)"),
     Component("optimizer", "adamp", _M + "adamp", "AdamP", "AdamP with the official defaults",
-              ("weight_decay", "betas", "delta", "wd_ratio", "nesterov"), "Heo et al. 2021"),
+              ("weight_decay", "weight_decay_scope", "betas", "delta", "wd_ratio", "nesterov"), "Heo et al. 2021"),
     Component("optimizer", "sgdp", _M + "sgdp", "SGDP", "SGDP with the official defaults",
-              ("weight_decay", "momentum", "effective_lr", "delta", "wd_ratio", "nesterov"), "Heo et al. 2021"),
+              ("weight_decay", "weight_decay_scope", "momentum", "effective_lr", "delta", "wd_ratio", "nesterov"),
+              "Heo et al. 2021"),
     Component("optimizer", "spd", _M + "spd", "Adam + SPD", "Adam with selective projection decay",
               ("betas", "spd_lambda", "head_spd_lambda"), "Tian et al. 2024", layer_columns=("spd_projected",)),
-    Component("init", "random", _M + "init_random", "random head", "a fresh small head"),
+    Component("init", "random", _M + "init_random", "random head", "a fresh small head: N(0, 0.01^2), zero bias"),
+    Component("init", "linear_default", _M + "init_linear", "random head (nn.Linear)",
+              "a fresh head with nn.Linear's default init, U(+-1/sqrt(fan_in)) for weight and bias",
+              (), "Kumar et al. 2022 (transfer_learning)"),
     Component("init", "lp", _M + "init_lp", "LP head", "the linear probe's head (LP-FT)", (),
               "Kumar et al. 2022", inputs={"lp_head": ("linear_probe", "head")}),
     Component("init", "zeroshot", _M + "init_zeroshot", "zero-shot head",
@@ -154,11 +165,18 @@ def label(kind: str, name: str) -> str:
     return entry.label if entry else name
 
 
-def effective_lr(settings: dict) -> float | None:
-    """lr / (1 - momentum) for momentum optimizers (SGD, SGDP; Li et al. 2020), None for adaptive ones."""
-    if "momentum" in OPTIMIZERS[settings["optimizer"]].keys:
-        return float(settings["lr"]) / (1.0 - float(settings["momentum"]))
-    return None
+def switched_on(settings: Mapping[str, Any]) -> list[Component]:
+    """The regularisers and policies whose keys leave their defaults, in registry order (at its defaults
+    each is the identity, which ``tests/test_methods.py`` checks, so a run never depends on one it does
+    not use)."""
+    return [c for c in (*REGULARISERS.values(), *POLICIES.values())
+            if any(settings[k] != KEYS[k].default for k in c.keys)]
+
+
+def used(settings: Mapping[str, Any]) -> list[Component]:
+    """The parts a run with these resolved settings loads: its optimizer, its head initialisation, and
+    the regularisers and policies it switches on."""
+    return [OPTIMIZERS[settings["optimizer"]], INITS[settings["init"]], *switched_on(settings)]
 
 
 def layer_columns() -> tuple[str, ...]:

@@ -17,7 +17,9 @@ from pipeline import compat
 
 compat.apply()
 import timm  # noqa: E402
-from safetensors.torch import load_file  # noqa: E402
+
+from pipeline.models.heads import DEFAULT_HEAD, HEAD_FORMS, HeadFormError, keep_projection  # noqa: E402
+from pipeline.models.state_files import CheckpointError, read_state, summarise_load_error  # noqa: E402
 
 PACKAGED_WEIGHTS = {
     # ImageNet-1k EfficientNet-Lite0 (Apache-2.0), lukemelas key layout.
@@ -77,19 +79,41 @@ def save_state(state: dict[str, torch.Tensor], path: str | Path, metadata: dict[
 
 
 def load_state(path: str | Path) -> dict[str, torch.Tensor]:
-    return load_file(str(path))
+    """The tensors of a checkpoint; :class:`CheckpointError` (one line) if it is unreadable or not finite."""
+    return read_state(path)
 
 
-def create_model(timm_name: str, num_classes: int, weights: str | Path | None, **kwargs) -> nn.Module:
-    """A timm model with pretrained backbone weights from a local file and timm's fresh head.
+def create_model(timm_name: str, num_classes: int, weights: str | Path | None, head: str = DEFAULT_HEAD, /,
+                 **kwargs) -> nn.Module:
+    """A timm model with pretrained backbone weights from a local file and a fresh head.
 
-    ``num_classes=0`` gives the pooled-feature model. This is the same path a user's
-    own checkpoint takes (``pretrained_cfg_overlay=dict(file=...)``), so it is offline.
+    ``head="replace"``: timm's classifier re-created with ``num_classes`` outputs (``num_classes=0``
+    gives the pooled-feature model). ``head="project"``: the pretrained classifier kept as a
+    projection with a new layer on top (:mod:`pipeline.models.heads`; ``num_classes=0``: the
+    projection's outputs; ``kwargs["num_classes"]``, if given, is the pretrained classifier's size). This is
+    the same path a user's own checkpoint takes (``pretrained_cfg_overlay=dict(file=...)``), so it is offline.
     """
+    if head not in HEAD_FORMS:
+        raise HeadFormError(f"head must be one of {', '.join(HEAD_FORMS)}, got {head!r}")
+    if head == "replace":
+        if "num_classes" in kwargs:
+            raise HeadFormError("model_kwargs.num_classes sets the pretrained classifier's size for head: project "
+                                "only; with head: replace the classifier has the dataset's classes")
+        kwargs["num_classes"] = num_classes   # else: the pretrained classifier's size (tag or model_kwargs)
+    overlay = {"file": str(weights)}
+    if head == "project" and "num_classes" in kwargs:   # the checkpoint's classifier has that size: load it
+        overlay["num_classes"] = kwargs["num_classes"]
     if weights is None:
-        return timm.create_model(timm_name, pretrained=False, num_classes=num_classes, **kwargs)
-    return timm.create_model(timm_name, pretrained=True, num_classes=num_classes,
-                             pretrained_cfg_overlay=dict(file=str(weights)), **kwargs)
+        model = timm.create_model(timm_name, pretrained=False, **kwargs)
+    else:
+        try:
+            model = timm.create_model(timm_name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+        except Exception as e:
+            # the file changed since the backbone stage checked it: one line naming it and the first bad key
+            if type(e).__name__ == "SafetensorError" or "loading state_dict" in str(e):
+                raise CheckpointError(f"{weights}: does not load into {timm_name}: {summarise_load_error(e)}") from None
+            raise
+    return keep_projection(model, num_classes) if head == "project" else model
 
 
 def model_kwargs(model_cfg: Mapping) -> dict:
@@ -101,16 +125,68 @@ def model_kwargs(model_cfg: Mapping) -> dict:
 
 
 def model_from_config(model_cfg: Mapping, num_classes: int, weights: str | Path | None) -> nn.Module:
-    """Build the model of a ``models.<name>`` entry of params.yaml: a timm model, or an OpenCLIP image tower."""
+    """Build the model of a ``models.<name>`` entry of params.yaml: a timm model (its ``head`` form), or an
+    OpenCLIP image tower (its ``normalize_features``).
+
+    The entry's input keys (``input_size``, ``crop_pct``, ``interpolation``, ...) are written into its
+    ``pretrained_cfg`` (:func:`apply_overrides`).
+    """
     if "open_clip" in model_cfg:
         from pipeline.models import openclip
 
-        return openclip.model_from_config(model_cfg, num_classes, weights)
-    return create_model(model_cfg["timm_name"], num_classes, weights, **model_kwargs(model_cfg))
+        return apply_overrides(openclip.model_from_config(model_cfg, num_classes, weights), model_cfg)
+    return apply_overrides(create_model(model_cfg["timm_name"], num_classes, weights,
+                                        model_cfg.get("head", DEFAULT_HEAD), **model_kwargs(model_cfg)), model_cfg)
+
+
+def model_skeleton(model_cfg: Mapping, num_classes: int) -> nn.Module:
+    """The architecture of a ``models.<name>`` entry on the CPU with uninitialised tensors, for a caller that
+    loads a full state dict into it (``strict=True``) before any use: evaluation, WiSE-FT, soups.
+
+    Built on the meta device, then given empty CPU storage: none of the random initialisation that every
+    loaded tensor would overwrite (ViT-L/14: 300M truncated-normal draws, seconds per build). The storage
+    comes from torch's allocator as in an ordinary build, and the load copies into it as before, so the
+    loaded model is the same, bit for bit. Where a state dict cannot stand for the whole model (buffers
+    outside it, i.e. non-persistent ones, or tensors shared between modules), or the architecture does not
+    build on the meta device, this is the ordinary randomly initialised build.
+    """
+    try:
+        with torch.device("meta"):
+            model = model_from_config(model_cfg, num_classes, None)
+    except (RuntimeError, NotImplementedError, TypeError, ValueError):
+        return model_from_config(model_cfg, num_classes, None)
+    saved = set(model.state_dict())
+    shared = len(list(model.named_parameters(remove_duplicate=False))) != len(list(model.named_parameters()))
+    if shared or any(name not in saved for name, _ in model.named_buffers()):
+        return model_from_config(model_cfg, num_classes, None)
+    return model.to_empty(device="cpu")
+
+
+def apply_overrides(model: nn.Module, model_cfg: Mapping) -> nn.Module:
+    """Write the entry's input-transform keys into ``model.pretrained_cfg``, timm's data-config names:
+    ``input_size`` (an int; else a ``model_kwargs.img_size``), ``crop_pct``, ``crop_mode``, ``interpolation``,
+    ``mean``, ``std`` (the eval transform is :func:`pipeline.models.transforms.eval_transform`)."""
+    over: dict = {}
+    img_size = (model_cfg.get("model_kwargs") or {}).get("img_size")
+    size = model_cfg.get("input_size") or (img_size if isinstance(img_size, int) else None)
+    if size:
+        over["input_size"] = (3, int(size), int(size))
+    for key in ("crop_pct", "crop_mode", "interpolation"):
+        if model_cfg.get(key) is not None:
+            over[key] = model_cfg[key]
+    for key in ("mean", "std"):
+        if model_cfg.get(key) is not None:
+            over[key] = tuple(float(v) for v in model_cfg[key])
+    if over:
+        cfg = {**model.pretrained_cfg, **over}
+        model.pretrained_cfg = cfg
+        model.default_cfg = cfg   # timm's alias of the same dict
+    return model
 
 
 def normalization(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The (mean, std) the backbone was pretrained with."""
+    """The (mean, std) the backbone was pretrained with (or its entry's ``mean``/``std``); the whole eval
+    transform is :func:`pipeline.models.transforms.eval_transform`."""
     cfg = model.pretrained_cfg
     return tuple(cfg["mean"]), tuple(cfg["std"])
 

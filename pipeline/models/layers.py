@@ -14,12 +14,17 @@ the timm families we use, chosen so that ``k=2`` matches the reference code
 * OpenCLIP image towers (:class:`pipeline.models.openclip.OpenCLIPClassifier`): ViT = ``conv1``
   + ``ln_pre``, CLIP's own embedding in the paper's code; ModifiedResNet (CLIP RN50...) =
   ``conv1`` + ``bn1``, the reference code's first two layers of that model.
+
+A timm model with ``head: project`` (:mod:`pipeline.models.heads`) has its kept pretrained
+projection as a group ``proj`` of its own, just below the new ``head``.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from torch import nn
+
+from pipeline.models.heads import projection_prefix
 
 FREEZE_ALIASES: dict[str, int] = {"none": 0, "patch_embed": 1, "embed": 2}
 
@@ -151,6 +156,9 @@ def layer_groups(model: nn.Module) -> list[tuple[str, list[str]]]:
     spec = _FAMILIES[cls](model)
     names = [n for n, _ in model.named_parameters()]
     groups = [(g, [n for n in names if any(_owned_by(n, p) for p in prefixes)]) for g, prefixes in spec]
+    proj = projection_prefix(model)
+    if proj is not None:   # head: project: the pretrained projection below the new head
+        groups = [part for g, members in groups for part in _split_projection(g, members, proj)]
 
     counts: dict[str, int] = dict.fromkeys(names, 0)
     for _, members in groups:
@@ -161,6 +169,13 @@ def layer_groups(model: nn.Module) -> list[tuple[str, list[str]]]:
     assert not unassigned, f"layer_groups({cls}): parameters in no group: {unassigned}"
     assert not doubled, f"layer_groups({cls}): parameters in several groups: {doubled}"
     return groups
+
+
+def _split_projection(group: str, members: list[str], proj: str) -> list[tuple[str, list[str]]]:
+    inside = [n for n in members if _owned_by(n, proj)]
+    if not inside:
+        return [(group, members)]
+    return [("proj", inside), (group, [n for n in members if not _owned_by(n, proj)])]
 
 
 def resolve_freeze(spec: str | int) -> int:

@@ -6,9 +6,12 @@ A ``models.<name>`` entry names an OpenCLIP architecture instead of a timm one::
     clip_b16: {open_clip: ViT-B-16-quickgelu, weights: /ckpt/open_clip_model.safetensors}   # offline
     tiny:     {open_clip: tiny-vit, config: tests/tiny-vit.json, weights: none}             # random init
 
-Optional keys: ``config`` (an OpenCLIP model-config JSON file or folder, registered with
-``open_clip.add_model_config`` before the name is looked up), ``model_kwargs`` (overrides of that
-config, e.g. ``{quick_gelu: true}``), ``mean`` / ``std`` (normalisation; default: the tag's, else
+Optional keys: ``normalize_features`` (default true: L2-normalise the image features before the head, as
+WiSE-FT, model soups and the zero-shot head need; false: ``encode_image``'s features as they are, as
+transfer_learning's ``ClipModel`` fits LP and fine-tunes, AnanyaKumar/transfer_learning@13c3e2b:
+unlabeled_extrapolation/models/clip_model.py:197-198), ``config`` (an OpenCLIP model-config JSON file or
+folder, registered with ``open_clip.add_model_config`` before the name is looked up), ``model_kwargs``
+(overrides of that config, e.g. ``{quick_gelu: true}``), ``mean`` / ``std`` (normalisation; default: the tag's, else
 OpenAI's). ``weights``: ``hub:<tag>`` (open_clip downloads the tag's checkpoint through the Hugging
 Face cache; ``HF_HUB_OFFLINE=1`` uses the cache only), a checkpoint file (a state dict: safetensors,
 or .pt/.bin read with ``weights_only=True``), or ``none``. OpenAI's tags were trained with
@@ -16,15 +19,15 @@ QuickGELU; ``hub:openai`` turns it on, a file of those weights needs a ``-quickg
 (or ``model_kwargs: {quick_gelu: true}``).
 
 :class:`OpenCLIPClassifier` holds only the image tower (``visual``, under open_clip's own names,
-so a CLIP checkpoint's ``visual.*`` keys are the classifier's keys) and a linear ``head`` over
-L2-normalised image features. The text tower lives in :mod:`pipeline.models.zeroshot`.
+so a CLIP checkpoint's ``visual.*`` keys are the classifier's keys; CLIP's projection stays in it)
+and a linear ``head`` over its (by default L2-normalised) image features. The text tower lives in
+:mod:`pipeline.models.zeroshot`.
 """
 from __future__ import annotations
 
 import contextlib
 import difflib
 import logging
-import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -38,12 +41,21 @@ compat.apply()
 import open_clip  # noqa: E402
 
 from pipeline.download.paths import openclip_checkpoint_path  # noqa: E402
+from pipeline.io import InputError  # noqa: E402
+from pipeline.models.state_files import (  # noqa: E402
+    CheckpointError,
+    check_fits,
+    is_torchscript,
+    read_state,
+    summarise_load_error,
+)
 
 HUB_PREFIX = "hub:"
+DEFAULT_NORMALIZE = True   # models.<name>.normalize_features
 _REGISTERED: set[str] = set()
 
 
-class OpenCLIPConfigError(ValueError):
+class OpenCLIPConfigError(InputError):
     """A ``models.<name>`` OpenCLIP entry that cannot be built; the one-line message names the key."""
 
 
@@ -131,6 +143,17 @@ def _arch_kwargs(model_cfg: Mapping, arch: str) -> dict:
     return kwargs
 
 
+def preprocess_of(model_cfg: Mapping, arch: str, visual: nn.Module) -> dict:
+    """open_clip's eval preprocessing as timm data-config keys: its interpolation and resize mode (the model
+    config's, then the pretrained tag's), ``crop_pct`` 1: ``Resize(size) + CenterCrop(size)`` for ``shortest``."""
+    kind, tag = parse_weights(model_cfg.get("weights"))
+    pre = {**(getattr(visual, "preprocess_cfg", None) or {}),
+           **(open_clip.get_pretrained_cfg(arch, tag) if kind == "hub" else {})}
+    mode = pre.get("resize_mode") or "shortest"
+    return {"interpolation": pre.get("interpolation") or "bicubic", "crop_pct": 1.0,
+            "crop_mode": {"shortest": "center", "squash": "squash"}.get(mode, "border")}
+
+
 def normalization_of(model_cfg: Mapping, arch: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """(mean, std): the entry's ``mean``/``std``, else the pretrained tag's, else OpenAI's."""
     kind, tag = parse_weights(model_cfg.get("weights"))
@@ -149,25 +172,14 @@ def load_state_file(path: str | Path, key: str = "weights") -> dict[str, torch.T
     path = Path(path)
     if not path.is_file():
         raise OpenCLIPConfigError(f"{key}: weights file not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
-    else:
-        if zipfile.is_zipfile(path) and any(n.endswith("constants.pkl") or "/code/" in n
-                                            for n in zipfile.ZipFile(path).namelist()):
-            raise OpenCLIPConfigError(f"{key}: {path} is a TorchScript archive (OpenAI's original .pt), which is not "
-                                      "loaded; use open_clip's state-dict file of the same weights (e.g. "
-                                      "open_clip_model.safetensors of hf.co/timm/vit_base_patch16_clip_224.openai)")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # a pickle with code, or a broken file: one line either way
-            raise OpenCLIPConfigError(f"{key}: {path} is not a plain state dict ({type(e).__name__}: "
-                                      f"{str(e).splitlines()[0][:200]})") from None
-    if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
-        state = state["state_dict"]
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise OpenCLIPConfigError(f"{key}: {path} does not hold a state dict of tensors")
+    if path.suffix != ".safetensors" and is_torchscript(path):
+        raise CheckpointError(f"{key}: {path} is a TorchScript archive (OpenAI's original .pt), which is not "
+                              "loaded; use open_clip's state-dict file of the same weights (e.g. "
+                              "open_clip_model.safetensors of hf.co/timm/vit_base_patch16_clip_224.openai)")
+    try:
+        state = read_state(path)
+    except CheckpointError as e:
+        raise CheckpointError(f"{key}: {e}") from None
     return {(k[7:] if k.startswith("module.") else k): v for k, v in state.items()}
 
 
@@ -189,8 +201,30 @@ def create_clip(model_cfg: Mapping, weights: str | Path | None = None, name: str
     return model.float().eval()
 
 
+def check_weights_file(model_cfg: Mapping, name: str = "<model>") -> None:
+    """Read an entry's weights file (if it names one) and check it against the architecture on a shapes-only
+    (meta) model: the check before any job; :class:`CheckpointError` names the file and the first bad key."""
+    kind, arg = parse_weights(model_cfg.get("weights"))
+    if kind != "file":
+        return
+    arch = check_arch(model_cfg, name)
+    state = load_state_file(arg, _key(name, "weights"))
+    with _quiet():
+        model = open_clip.create_model(arch, pretrained=None, device="meta", **_arch_kwargs(model_cfg, arch))
+    _fitted(model, state, arg, arch)
+
+
 def _load_clip_state(model: nn.Module, state: dict[str, torch.Tensor], where: str, arch: str) -> None:
     """Load a full CLIP state dict strictly, after the format fixes open_clip's ``load_checkpoint`` applies."""
+    state = _fitted(model, state, where, arch)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{where} does not fit OpenCLIP {arch}: {summarise_load_error(e)}") from None
+
+
+def _fitted(model: nn.Module, state: dict[str, torch.Tensor], where: str | Path, arch: str) -> dict:
+    """``state`` after open_clip's format fixes, checked to have the model's keys and shapes."""
     from open_clip.convert import convert_state_dict
     from open_clip.model import convert_to_custom_text_state_dict, resize_pos_embed, resize_text_pos_embed
 
@@ -201,11 +235,8 @@ def _load_clip_state(model: nn.Module, state: dict[str, torch.Tensor], where: st
         state["logit_scale"] = state["logit_scale"].reshape(model.logit_scale.shape)
     resize_pos_embed(state, model)
     resize_text_pos_embed(state, model)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        detail = " ".join(str(e).split())[:300]
-        raise OpenCLIPConfigError(f"{where} does not fit OpenCLIP {arch}: {detail}") from None
+    check_fits(state, model.state_dict(), where, f"OpenCLIP {arch}")
+    return state
 
 
 def resolve_weights(model_cfg: Mapping, name: str = "<model>") -> dict[str, torch.Tensor]:
@@ -234,19 +265,21 @@ def resolve_weights(model_cfg: Mapping, name: str = "<model>") -> dict[str, torc
 
 
 class OpenCLIPClassifier(nn.Module):
-    """An OpenCLIP image tower and a linear head over its L2-normalised features.
+    """An OpenCLIP image tower and a linear head over its L2-normalised (or, with ``normalize=False``, raw) features.
 
     ``forward(images) = head(normalize(visual(images)))``, images normalised with
-    ``pretrained_cfg["mean"/"std"]``; ``num_classes=0`` gives the normalised features. The
+    ``pretrained_cfg["mean"/"std"]``; ``num_classes=0`` gives the (normalised) features. The
     attributes the pipeline reads from timm models are here: ``pretrained_cfg`` / ``default_cfg``
-    (``mean``, ``std``, ``classifier``, ``input_size``), ``num_classes``, ``num_features``,
+    (``mean``, ``std``, ``classifier``, and the eval transform's ``input_size``, ``interpolation``,
+    ``crop_pct``, ``crop_mode``: open_clip's preprocess config), ``num_classes``, ``num_features``,
     ``no_weight_decay()``, ``group_matcher()`` (layer decay).
     """
 
     def __init__(self, visual: nn.Module, num_classes: int, mean: tuple[float, ...], std: tuple[float, ...],
-                 arch: str):
+                 arch: str, normalize: bool = DEFAULT_NORMALIZE, preprocess: dict | None = None):
         super().__init__()
         self.visual = visual
+        self.normalize = bool(normalize)
         self.num_features = int(visual.output_dim)
         self.num_classes = int(num_classes)
         self.head = nn.Linear(self.num_features, self.num_classes) if self.num_classes > 0 else nn.Identity()
@@ -254,12 +287,14 @@ class OpenCLIPClassifier(nn.Module):
         size = tuple(size) if isinstance(size, (tuple, list)) else (int(size), int(size))
         self.pretrained_cfg = {"architecture": f"open_clip:{arch}", "mean": tuple(mean), "std": tuple(std),
                                "classifier": "head", "input_size": (3, *size), "num_classes": self.num_classes,
-                               "interpolation": "bicubic"}
+                               "interpolation": "bicubic", "crop_pct": 1.0, "crop_mode": "center",
+                               "normalize_features": self.normalize, **(preprocess or {})}
         self.default_cfg = self.pretrained_cfg
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         # Zero-shot rows are unit text embeddings x logit_scale, so the image side must be unit too.
-        return F.normalize(self.visual(x), dim=-1)
+        features = self.visual(x)
+        return F.normalize(features, dim=-1) if self.normalize else features
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         return self.head(features)
@@ -302,7 +337,9 @@ def classifier_from_clip(clip: nn.Module, num_classes: int, model_cfg: Mapping) 
     """The classifier over ``clip``'s image tower (shared, not copied); the text tower is left behind."""
     arch = str(model_cfg["open_clip"])
     mean, std = normalization_of(model_cfg, arch)
-    return OpenCLIPClassifier(clip.visual, num_classes, mean, std, arch)
+    normalize = model_cfg.get("normalize_features", DEFAULT_NORMALIZE)
+    return OpenCLIPClassifier(clip.visual, num_classes, mean, std, arch, normalize,
+                              preprocess_of(model_cfg, arch, clip.visual))
 
 
 def model_from_config(model_cfg: Mapping, num_classes: int, weights: str | Path | None,

@@ -5,5 +5,5 @@ Depends on :mod:`pipeline.evaluation` (tidy metrics, saved predictions) and :mod
 give their 95% intervals and paired comparisons; ``robustness`` the effective-robustness fit;
 ``reference`` reads the published numbers; ``view`` puts these together for the table ``layouts``
 (a registry: one module and one template each), which ``cells`` and ``tables`` render as LaTeX and
-HTML. Stages: ``report``, ``costs`` and ``paper``.
+HTML. Used by the ``report``, ``costs`` and ``paper`` stages.
 """

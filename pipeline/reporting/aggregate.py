@@ -11,8 +11,11 @@ model-selection outcome:
 * ``wise_ft_fixed``: the same at the fixed alpha ``report.wise_ft_alpha`` (default 0.5, the
   WiSE-FT paper's choice without validation data), when the alpha grid holds it;
 * reported apart as oracles (not valid selection rules): ``hp_oracle``, the grid
-  point chosen on OOD val (methods with more than one grid point), and
-  ``oracle``, WiSE-FT with alpha chosen on OOD val.
+  point chosen on OOD val (methods with more than one grid point),
+  ``oracle``, WiSE-FT with alpha chosen on OOD val, and (``report.wise_ft_optimal``)
+  ``wise_ft_optimal``, the WiSE-FT paper's "optimal alpha": for each column (quantity) on its
+  own, the alpha of the grid with the best mean, i.e. chosen on the test set it reports
+  (Wortsman et al. 2022, Table 1's caption); it has no interval.
 
 A grid point is chosen by its mean over seeds of the selection metric on
 ``report.val_split`` (ID) or ``report.ood_val_split`` (OOD, mean over domains);
@@ -33,10 +36,11 @@ import pandas as pd
 from pipeline.evaluation.metrics import ALL_DOMAINS, SORT_COLUMNS, read_tidy, sort_results  # noqa: F401 (re-exported)
 
 # Table row kinds, in table order.
-KINDS = ("zeroshot", "lp", "ft", "soup", "wise_ft_fixed", "wise_ft", "hp_oracle", "oracle")
+KINDS = ("zeroshot", "lp", "ft", "soup", "wise_ft_fixed", "wise_ft", "hp_oracle", "oracle", "wise_ft_optimal")
 ROW_SUFFIX = {"zeroshot": "", "lp": "", "ft": "", "soup": "", "wise_ft_fixed": "/wise_ft_fixed", "wise_ft": "/wise_ft",
-              "hp_oracle": "/oracle_hp", "oracle": "/wise_ft_oracle"}
+              "hp_oracle": "/oracle_hp", "oracle": "/wise_ft_oracle", "wise_ft_optimal": "/wise_ft_optimal"}
 WISE_FT_ALPHA = 0.5
+WISE_FT_OPTIMAL = False   # report.wise_ft_optimal: the per-column oracle row is opt-in
 LP_METHOD = "lp"
 ZEROSHOT_METHOD = "zeroshot"   # an OpenCLIP model with its zero-shot head (pipeline.evaluation.zeroshot)
 SOUP_METHODS = ("uniform_soup", "greedy_soup")
@@ -61,17 +65,19 @@ def parse_quantity(quantity: str) -> tuple[str, str, str | None]:
 
 
 def read_runs(paths: list[str]) -> pd.DataFrame:
-    """One row per run.json: ids, optimizer, lr, effective lr, frozen fraction, selected epoch."""
+    """One row per run.json: ids, optimizer, lr, momentum, weight decay, effective lr, frozen fraction, selected
+    epoch (momentum and weight decay: NaN for optimizers without them)."""
     rows = []
     for p in paths:
         run = json.loads(Path(p).read_text())
         settings = run.get("settings") or {}
         rows.append({"dataset": run["dataset"], "model": run["model"], "method": run["method"],
                      "hp": run.get("hp", ""), "seed": int(run["seed"]), "optimizer": settings.get("optimizer"),
-                     "lr": run.get("lr", settings.get("lr")), "effective_lr": run.get("effective_lr"),
+                     "lr": run.get("lr", settings.get("lr")), "momentum": settings.get("momentum"),
+                     "weight_decay": settings.get("weight_decay"), "effective_lr": run.get("effective_lr"),
                      "frozen_fraction": run.get("frozen_fraction", 0.0), "selected_epoch": run.get("selected_epoch")})
-    return pd.DataFrame(rows, columns=["dataset", "model", "method", "hp", "seed", "optimizer", "lr", "effective_lr",
-                                       "frozen_fraction", "selected_epoch"])
+    return pd.DataFrame(rows, columns=["dataset", "model", "method", "hp", "seed", "optimizer", "lr", "momentum",
+                                       "weight_decay", "effective_lr", "frozen_fraction", "selected_epoch"])
 
 
 def row_label(kind: str, method: str, labels: dict[str, str], fixed_alpha: float = WISE_FT_ALPHA) -> str:
@@ -79,7 +85,8 @@ def row_label(kind: str, method: str, labels: dict[str, str], fixed_alpha: float
     base = labels.get(method, DEFAULT_LABELS.get(method, method))
     return {"zeroshot": base, "lp": base, "ft": base, "soup": base, "wise_ft": f"{base} + WiSE-FT",
             "wise_ft_fixed": f"{base} + WiSE-FT, alpha {fixed_alpha:g}",
-            "hp_oracle": f"{base}, grid point on OOD val", "oracle": f"{base} + WiSE-FT, alpha on OOD val"}[kind]
+            "hp_oracle": f"{base}, grid point on OOD val", "oracle": f"{base} + WiSE-FT, alpha on OOD val",
+            "wise_ft_optimal": f"{base} + WiSE-FT, optimal alpha per column (oracle)"}[kind]
 
 
 def select_grid_points(df: pd.DataFrame, report_cfg: dict) -> pd.DataFrame:
@@ -170,6 +177,9 @@ def summarise(df: pd.DataFrame, report_cfg: dict, methods: list[str] | None = No
     summary = _mean_std_n(pd.concat([long, alphas], ignore_index=True), keys)
     hps = rows.groupby(keys, sort=False)["hp"].agg(lambda v: ",".join(dict.fromkeys(v))).rename("hp")
     summary = summary.merge(hps.reset_index(), on=keys, how="left")
+    if report_cfg.get("wise_ft_optimal", WISE_FT_OPTIMAL):
+        summary = pd.concat([summary, optimal_alpha(wise_ft_curves(df, report_cfg, chosen), chosen)],
+                            ignore_index=True)
     labels = report_cfg.get("labels") or {}
     summary["label"] = [row_label(k, m, labels, fixed_alpha) for k, m in zip(summary["kind"], summary["method"])]
     order = _method_order(summary["method"], [*(methods or []), *SOUP_METHODS])
@@ -189,6 +199,25 @@ def wise_ft_curves(df: pd.DataFrame, report_cfg: dict, chosen: pd.DataFrame | No
                            report_cfg.get("ood_split", "ood_test"))
     out = _mean_std_n(long, keys)
     return out.sort_values(keys + ["quantity"], kind="stable").reset_index(drop=True)
+
+
+def optimal_alpha(curves: pd.DataFrame, chosen: pd.DataFrame) -> pd.DataFrame:
+    """The ``wise_ft_optimal`` summary rows: per quantity, the alpha whose mean over seeds is highest.
+
+    The WiSE-FT paper's "optimal alpha" ("the single mixing coefficient that maximizes the column",
+    Table 1): an oracle on the reported test sets, so every column may come from another alpha (the
+    shifts' average included, chosen as a column of its own). Ties go to the smaller alpha. Calibration
+    (ECE, lower is better) has no optimum here. ``curves``: :func:`wise_ft_curves`.
+    """
+    cols = ["dataset", "model", "kind", "method", "row", "quantity", "mean", "std", "n", "hp"]
+    if curves.empty:
+        return pd.DataFrame(columns=cols)
+    scored = curves[[parse_quantity(q)[1] != "ece" for q in curves["quantity"]]]
+    best = (scored.sort_values(["mean", "alpha"], ascending=[False, True], kind="stable")
+            .drop_duplicates(["dataset", "model", "method", "quantity"]))
+    best = best.merge(chosen[["dataset", "model", "method", "id_hp"]], on=["dataset", "model", "method"])
+    return best.assign(kind="wise_ft_optimal", row=best["method"] + ROW_SUFFIX["wise_ft_optimal"],
+                       hp=best["id_hp"])[cols]
 
 
 def _method_order(methods: pd.Series, preferred: list[str] | None) -> dict[str, int]:

@@ -6,7 +6,9 @@ tables use the same grids (filter ``html``), so the two always show the same num
 
 An accuracy cell reads ``91.2 [90.1, 92.3]``: the mean over seeds and its 95% bootstrap
 interval, in percent, followed by ``+`` or ``-`` when it is significantly above or below the
-baseline. A published cell reads ``98.2 (-0.4)``: the published value and ours minus it.
+baseline. A published cell reads ``98.2 (-0.4)``: the published value and ours minus it. An error cell
+(kind ``err``, for papers that print top-1 error) holds the accuracy like an accuracy cell and shows
+``100 - accuracy`` with the interval turned around.
 """
 from __future__ import annotations
 
@@ -44,7 +46,8 @@ def _nan(x) -> bool:
 
 @dataclass
 class Cell:
-    """One table cell. ``kind``: ``acc`` (percent, with interval), ``published``, ``number`` or ``text``."""
+    """One table cell. ``kind``: ``acc`` (percent, with interval), ``err`` (its error), ``published``, ``number``
+    or ``text``."""
 
     kind: str = "acc"
     value: float = math.nan          # fraction for acc, percent for published, as-is for number
@@ -64,10 +67,14 @@ class Cell:
             return None
         d = self.digits
         if self.kind == "published":
-            diff = "" if _nan(self.delta) else f"{self.delta:+.{d}f}"
+            # a difference that rounds to zero is +0.0: its sign would be float noise, not a finding
+            diff = "" if _nan(self.delta) else f"{self.delta if round(self.delta, d) else 0.0:+.{d}f}"
             return f"{self.value:.{d}f}", diff, ""
         if self.kind == "number":
             return f"{self.value * self.scale:.{d}f}", "", ""
+        if self.kind == "err":
+            interval = "" if _nan(self.low) else f"{(1 - self.high) * 100:.{d}f}, {(1 - self.low) * 100:.{d}f}"
+            return f"{(1 - self.value) * 100:.{d}f}", interval, self.mark
         interval = "" if _nan(self.low) else f"{self.low * 100:.{d}f}, {self.high * 100:.{d}f}"
         return f"{self.value * 100:.{d}f}", interval, self.mark
 
@@ -148,8 +155,15 @@ def with_published(label: str, cells: list[Cell], published: list[Cell | None], 
 
 
 def published_cell(value: float | None, ours: Cell) -> Cell | None:
-    """A published value and ``ours - published`` (points), or None when there is no published value."""
+    """A published value and ``ours - published`` (points), or None when there is no published value.
+
+    Against an error cell the value is an error and so is the difference; against a number cell (e.g. a
+    similarity) both are in the number's own units and digits.
+    """
     if value is None:
         return None
-    delta = math.nan if _nan(ours.value) else ours.value * 100 - value
-    return Cell("published", value=value, delta=delta)
+    if ours.kind == "number":
+        delta = math.nan if _nan(ours.value) else ours.value * ours.scale - value
+        return Cell("published", value=value, delta=delta, digits=ours.digits)
+    ours_percent = math.nan if _nan(ours.value) else 100 * (1 - ours.value if ours.kind == "err" else ours.value)
+    return Cell("published", value=value, delta=ours_percent - value, digits=ours.digits)

@@ -1,13 +1,8 @@
-"""Stage ``costs``: what each method's fine-tunes cost, measured on the machine that ran them.
+"""What each method's fine-tunes cost: tidy rows from every run's ``cost.json`` and a per-method summary.
 
-Inputs: every run's ``cost.json`` (:mod:`pipeline.training.finetune`: images/s, training seconds,
-GPUs, peak memory) and ``paper/templates/costs.tex.j2``.
-Outputs: ``results/report/costs.csv`` (one tidy row per run) and ``paper/tables/costs.tex`` (per
-method: runs, GPU-hours = training time x GPUs summed over runs, images/s and peak memory as the
-median and max over runs). This is the freeze-embed paper's memory argument, measured.
-These figures vary from run to run, so they stay out of every result: only this stage (and the
-paper that includes its table) reads them.
-Params: ``report.labels`` (display names), ``experiment.methods`` (row order).
+GPU-hours are training time x GPUs summed over runs; images/s and peak memory the median and max over
+runs (the freeze-embed paper's memory argument, measured). These figures vary from run to run, so
+they stay out of every result: only the ``costs`` stage (and the paper that includes its table) reads them.
 """
 from __future__ import annotations
 
@@ -15,10 +10,6 @@ import json
 from pathlib import Path
 
 import pandas as pd
-
-from pipeline.io import write_csv, write_text
-from pipeline.job import parse_job
-from pipeline.reporting.tables import render_template
 
 COLUMNS = ["dataset", "model", "method", "hp", "seed", "device", "gpus", "images_per_s", "train_seconds",
            "gpu_hours", "peak_memory_bytes", "config_hash"]
@@ -47,15 +38,3 @@ def table_context(table: pd.DataFrame, labels, devices: list[str]) -> dict:
              "images_per_s": f"{r.images_per_s:.0f}", "peak_memory": f"{r.peak_memory_mib:.0f}"}
             for r in table.itertuples(index=False)]
     return {"rows": rows, "devices": ", ".join(devices)}
-
-
-def main(argv: list[str] | None = None) -> int:
-    job = parse_job("costs", argv)
-    inputs = job.inputs["costs"]
-    costs = read_costs([inputs] if isinstance(inputs, str) else list(inputs))
-    write_csv(job.outputs["costs"], costs)
-    labels = (job.params.get("report") or {}).get("labels") or {}
-    table = summary(costs, list(job.params["experiment"]["methods"]))
-    devices = sorted(set(costs["device"].astype(str)))
-    write_text(job.outputs["table"], render_template(job.inputs["template"], table_context(table, labels, devices)))
-    return 0

@@ -22,7 +22,13 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from pipeline.reporting import names
 from pipeline.reporting.figures import STYLE
+from pipeline.reporting.style import method_styles, style_of
+
+# Methods whose curves coincide (SGD and SGDP, AdamW and AdamP move the layers alike) would hide
+# each other: each method's points are shifted by this much of a group slot, around the group.
+DODGE = 0.5
 
 LAYER_COLUMNS = ["dataset", "model", "method", "hp", "seed", "param", "group", "numel", "frozen", "init_norm",
                  "delta_norm", "spd_projected"]
@@ -58,26 +64,33 @@ def layer_summary(layers: pd.DataFrame, chosen: pd.DataFrame) -> pd.DataFrame:
 
 
 def layers_figure(summary: pd.DataFrame, labels: dict[str, str], methods: list[str]) -> Figure:
-    """Top row: relative change per layer group (log scale); bottom row: SPD activity per group."""
+    """Top row: relative change per layer group (log scale); bottom row: SPD activity per group.
+
+    Every method has its colour, marker and line style (:mod:`pipeline.reporting.style`) and its
+    points a small horizontal offset, so that methods with the same values stay visible side by side.
+    """
     pairs = list(summary[["dataset", "model"]].drop_duplicates().itertuples(index=False, name=None)) or [("", "")]
+    styles = method_styles(methods)
     with matplotlib.style.context(["default", STYLE]):
-        fig = Figure(figsize=(4.2 * len(pairs) + 1.9, 5.0), layout="constrained")
+        fig = Figure(figsize=(4.6 * len(pairs) + 2.1, 5.2), layout="constrained")
         axes = fig.subplots(2, len(pairs), squeeze=False, sharex="col")
-        palette = matplotlib.color_sequences["tab10"]
-        colors = {m: palette[i % len(palette)] for i, m in enumerate(methods)}
         for col, (dataset, model) in enumerate(pairs):
             part = summary[(summary["dataset"] == dataset) & (summary["model"] == model)]
             top, bottom = axes[0][col], axes[1][col]
-            for m in [m for m in methods if m in set(part["method"])]:
+            drawn = [m for m in methods if m in set(part["method"])]
+            for k, m in enumerate(drawn):
                 r = part[part["method"] == m].sort_values("group_index")
+                x = r["group_index"] + DODGE * ((k + 0.5) / len(drawn) - 0.5)
+                st = style_of(styles, m)
+                line = {"marker": st.marker, "ms": 3.5, "color": st.color, "linestyle": st.linestyle, "lw": 1.0,
+                        "label": labels.get(m, m)}
                 moved = r["rel_change"].where(r["rel_change"] > 0)   # frozen groups: a gap on the log axis
-                top.plot(r["group_index"], moved, "-o", ms=3, color=colors[m], label=labels.get(m, m))
+                top.plot(x, moved, **line)
                 if r["spd_projected"].notna().any():
-                    bottom.plot(r["group_index"], 100 * r["spd_projected"], "-o", ms=3, color=colors[m],
-                                label=labels.get(m, m))
+                    bottom.plot(x, 100 * r["spd_projected"], **line)
             top.set_yscale("log")
-            top.set_title(f"{dataset} / {model}")
-            top.set_ylabel(r"$\|\theta-\theta_0\| / \|\theta_0\|$")
+            top.set_title(names.pair(dataset, model))
+            top.set_ylabel(r"relative change $\|\theta-\theta_0\| / \|\theta_0\|$")
             bottom.set_ylabel("SPD projection applied (% of steps)")
             bottom.set_xlabel("layer group (input $\\to$ output)")
             if part["spd_projected"].isna().all():
@@ -114,6 +127,6 @@ def grad_norms_figure(df: pd.DataFrame) -> Figure:
                 ax.set_yscale("log")
             ax.set_ylabel(r"$\|g\|_2/\sqrt{n}$")
             if name:
-                ax.set_title(str(name))
+                ax.set_title(f"model {name}")
         fig.suptitle("gradient norm per parameter at the start of fine-tuning; red: embedding", fontsize=7)
     return fig

@@ -12,18 +12,37 @@ A file holds one paper's verified values, grouped into the tables they were read
             sgd: {living17: 97.8, waterbirds: 97.2, average: 90.0}
 
 Names are the config's (its models, methods and datasets); ``average`` is the mean over the
-table's datasets. Only values verified in a primary source belong here (the file says which
+table's datasets. A method name may be a table row's id, ``<method>/<kind>`` (e.g. ``ft/wise_ft_fixed``,
+WiSE-FT at the fixed alpha; :data:`pipeline.reporting.aggregate.ROW_SUFFIX`), for the rows that share
+a method. Only values verified in a primary source belong here (the file says which
 source); a paper whose tables could not be verified ships a file with no tables and a note.
+
+Two optional keys of a table say what its values are, for papers that print more than the accuracy
+of each method's chosen grid point (Li et al. 2020, ``li2020.yaml``):
+
+* ``quantity``: ``acc`` (default; accuracy in percent), ``error`` (top-1 error in percent, as printed),
+  ``similarity`` (a domain similarity in (0, 1]; ``values`` then map model -> dataset, without a
+  method level) or ``effective_lr`` (the effective learning rate of the chosen grid point, > 0);
+* ``point``: the grid point the values were measured at, as settings (``{lr: 0.01, momentum: 0.9,
+  weight_decay: 0.0001}``); without it a value is of the method's chosen grid point.
+
+``side`` is required for ``acc`` and defaults to ``id`` for the others.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import yaml
 
 AVERAGE = "average"
 SIDES = ("id", "ood")
+# quantity -> (lowest, highest, is the lowest allowed): the range of a printed value
+QUANTITIES = {"acc": (0.0, 100.0, True), "error": (0.0, 100.0, True), "similarity": (0.0, 1.0, False),
+              "effective_lr": (0.0, math.inf, False)}
+NO_METHOD = ""   # the method of a value that belongs to no method (a domain similarity)
 
 
 class ReferenceFileError(ValueError):
@@ -32,12 +51,25 @@ class ReferenceFileError(ValueError):
 
 @dataclass(frozen=True)
 class Published:
-    value: float     # accuracy in percent, as printed
+    value: float     # as printed: accuracy or error in percent, a similarity, an effective lr
     paper: str
     source: str
 
 
-RefKey = tuple[str, str, str, str]   # dataset (or "average"), model, method, side
+class RefKey(NamedTuple):
+    """What a published value is of; ``point``: sorted (setting, value) pairs, () for the chosen grid point."""
+
+    dataset: str     # or "average"
+    model: str
+    method: str      # NO_METHOD for a similarity
+    side: str
+    quantity: str = "acc"
+    point: tuple[tuple[str, float], ...] = ()
+
+
+def point_key(point: dict | None) -> tuple[tuple[str, float], ...]:
+    """A grid point's settings as a hashable key (values as floats)."""
+    return tuple(sorted((str(k), float(v)) for k, v in (point or {}).items()))
 
 
 def load_reference(paths: list[str]) -> dict[RefKey, Published]:
@@ -66,19 +98,37 @@ def _read(path: Path) -> dict[RefKey, Published]:
         where = f"{path}: tables[{i}]"
         if not isinstance(t, dict) or not isinstance(t.get("source"), str) or not t["source"].strip():
             raise ReferenceFileError(f"{where}: needs a non-empty 'source' (paper, table)")
-        if t.get("side") not in SIDES:
-            raise ReferenceFileError(f"{where}: side must be one of {SIDES}, not {t.get('side')!r}")
-        for model, methods in _mapping(t.get("values"), f"{where}.values").items():
+        quantity = t.get("quantity", "acc")
+        if quantity not in QUANTITIES:
+            raise ReferenceFileError(f"{where}: quantity must be one of {tuple(QUANTITIES)}, not {quantity!r}")
+        side = t.get("side", None if quantity == "acc" else "id")
+        if side not in SIDES:
+            raise ReferenceFileError(f"{where}: side must be one of {SIDES}, not {side!r}")
+        point = t.get("point")
+        if point is not None and (not isinstance(point, dict) or not point or not all(
+                isinstance(v, int | float) and not isinstance(v, bool) for v in point.values())):
+            raise ReferenceFileError(f"{where}: point must map settings to numbers, not {point!r}")
+        for model, values in _mapping(t.get("values"), f"{where}.values").items():
+            methods = {NO_METHOD: values} if quantity == "similarity" else values
             for method, datasets in _mapping(methods, f"{where}.values.{model}").items():
-                for dataset, value in _mapping(datasets, f"{where}.values.{model}.{method}").items():
-                    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 100:
-                        raise ReferenceFileError(f"{where}.values.{model}.{method}.{dataset}: {value!r} is not an "
-                                             "accuracy in percent")
-                    key = (str(dataset), str(model), str(method), t["side"])
+                name = ".".join(x for x in (model, method) if x)
+                for dataset, value in _mapping(datasets, f"{where}.values.{name}").items():
+                    _check_value(value, quantity, f"{where}.values.{name}.{dataset}")
+                    key = RefKey(str(dataset), str(model), str(method), side, quantity, point_key(point))
                     if key in out:
-                        raise ReferenceFileError(f"{where}.values.{model}.{method}.{dataset}: given twice")
+                        raise ReferenceFileError(f"{where}.values.{name}.{dataset}: given twice")
                     out[key] = Published(float(value), doc["paper"], t["source"])
     return out
+
+
+def _check_value(value, quantity: str, where: str) -> None:
+    low, high, closed = QUANTITIES[quantity]
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and value <= high and (
+        value >= low if closed else value > low)
+    if not ok:
+        what = {"acc": "an accuracy in percent", "error": "an error in percent", "similarity": "a similarity in "
+                "(0, 1]", "effective_lr": "an effective learning rate (> 0)"}[quantity]
+        raise ReferenceFileError(f"{where}: {value!r} is not {what}")
 
 
 def _mapping(value, where: str) -> dict:
@@ -92,10 +142,17 @@ def check_names(ref: dict[RefKey, Published], experiment: dict, source: str) -> 
 
     A dataset may be ``<dataset>/<domain>``: the value of one OOD domain (e.g. ``cifar10/stl10``).
     """
+    from pipeline.reporting.aggregate import ROW_SUFFIX
+
     known = {"dataset": set(experiment["datasets"]) | {AVERAGE}, "model": set(experiment["models"]),
-             "method": set(experiment["methods"]) | {"lp", "zeroshot", "uniform_soup", "greedy_soup"}}
-    for dataset, model, method, _side in ref:
-        for kind, name in (("dataset", dataset.split("/", 1)[0]), ("model", model), ("method", method)):
+             "method": set(experiment["methods"]) | {"lp", "zeroshot", "uniform_soup", "greedy_soup", NO_METHOD}}
+    suffixes = {s for s in ROW_SUFFIX.values() if s}
+    for key in ref:
+        base, slash, kind = key.method.partition("/")
+        if slash and f"/{kind}" not in suffixes:
+            raise ReferenceFileError(f"{source}: row {key.method!r}: {kind!r} is not a row kind "
+                                     f"(kinds: {', '.join(sorted(s[1:] for s in suffixes))})")
+        for kind, name in (("dataset", key.dataset.split("/", 1)[0]), ("model", key.model), ("method", base)):
             if name not in known[kind]:
                 raise ReferenceFileError(f"{source}: {kind} {name!r} is not in the params "
                                      f"(known: {', '.join(sorted(known[kind]))})")

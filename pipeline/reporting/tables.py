@@ -11,6 +11,7 @@ comments, ``%%`` line statements and ``%#`` line comments. Free text goes throug
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +39,12 @@ GROUP_HEADINGS = {"soup": "Model soups, greedy order and acceptance on ID val",
                   "wise_ft_fixed": "WiSE-FT at a fixed alpha",
                   "wise_ft": "WiSE-FT, alpha selected on ID val",
                   "hp_oracle": "Oracle: grid point selected on OOD val (not a valid selection rule)",
-                  "oracle": "Oracle: WiSE-FT, alpha selected on OOD val (not a valid selection rule)"}
+                  "oracle": "Oracle: WiSE-FT, alpha selected on OOD val (not a valid selection rule)",
+                  "wise_ft_optimal": "Oracle: WiSE-FT, the best alpha of each test column (the WiSE-FT paper's "
+                                     "optimal alpha; not a valid selection rule)"}
+
+
+_BREAKS = re.compile(r"([./:@,;]|\\_)")
 
 
 def make_environment(template_dir: str | Path, html: bool = False) -> jinja2.Environment:
@@ -60,6 +66,8 @@ def make_environment(template_dir: str | Path, html: bool = False) -> jinja2.Env
     env.filters["tex_header"] = lambda h: (latex_text(h["text"]) if h["span"] == 1
                                            else f"\\multicolumn{{{h['span']}}}{{c}}{{{latex_text(h['text'])}}}")
     env.filters["tex"] = cell_tex
+    # long identifiers (keys, repo@commit:path:line) may break after . / : @ , ; and _
+    env.filters["breakable"] = lambda t: _BREAKS.sub(r"\1\\allowbreak{}", latex_escape(t))
     return env
 
 
@@ -77,12 +85,13 @@ class Column:
     group: str
     header: str
     cell: Callable[[str], Cell]          # table row id -> cell
-    published: Callable[[str, str], Cell | None] | None = None   # (row id, method) -> published cell
+    published: Callable[[str, str], Cell | None] | None = None   # (row id, reference name) -> published cell
 
 
 def grid(title: str, corner: str, columns: list[Column], groups: list[tuple[str | None, pd.DataFrame]],
          source: str = "published") -> Grid:
-    """A grid from columns and row groups (``(heading, frame with row, method, label)``); empty groups dropped."""
+    """A grid from columns and row groups (``(heading, frame with row, method, label[, ref])``); empty groups
+    dropped."""
     header: list[list[Header]] = [[], []]
     for c in columns:
         if header[0] and header[0][-1].text == c.group:
@@ -95,7 +104,10 @@ def grid(title: str, corner: str, columns: list[Column], groups: list[tuple[str 
         body: list[Row] = []
         for r in rows.itertuples(index=False):
             body.append(Row(r.label, [c.cell(r.row) for c in columns]))
-            pubs = [c.published(r.row, r.method) if c.published else None for c in columns]
+            # a reference file names a table row by its id (the method, or method/kind for WiSE-FT and oracle
+            # rows) unless the frame says otherwise in `ref` (a grid point's row: its method)
+            ref = getattr(r, "ref", r.row)
+            pubs = [c.published(r.row, ref) if c.published else None for c in columns]
             if any(p is not None for p in pubs):
                 body.append(Row(source, [p if p is not None else Cell("text") for p in pubs], published=True))
         if body:
@@ -105,6 +117,32 @@ def grid(title: str, corner: str, columns: list[Column], groups: list[tuple[str 
 
 def _number(x: float) -> str:
     return f"{x:.0e}".replace("e-0", "e-").replace("e+0", "e") if x < 1e-2 else f"{x:g}"
+
+
+# One `<key><value>` segment of a run name (pipeline/config/settings.py: run_name), e.g. l2sp_alpha0.01.
+_SEGMENT = re.compile(r"[A-Za-z][A-Za-z0-9_]*?-?\d[\d.e-]*(?=_|$)")
+
+
+def _segments(name: str) -> list[str] | None:
+    out, pos = [], 0
+    while pos < len(name):
+        match = _SEGMENT.match(name, pos)
+        if match is None:
+            return None   # not a spelled-out name (a hashed one, "default")
+        out.append(match.group(0))
+        pos = match.end() + 1
+    return out
+
+
+def swept_part(name: str, names: list[str]) -> str:
+    """What tells grid point ``name`` from the others in ``names``: its name without the segments all share
+    (``epochs2_lr0.0003_spd_lambda1`` among the SPD grid: ``spd_lambda1``)."""
+    parsed = [_segments(n) for n in names]
+    mine = _segments(name)
+    if mine is None or any(p is None for p in parsed):
+        return name
+    common = set.intersection(*(set(p) for p in parsed))
+    return "_".join(s for s in mine if s not in common) or name
 
 
 def settings_lines(runs: pd.DataFrame, labels: dict[str, str], methods: list[str],
@@ -130,7 +168,7 @@ def settings_lines(runs: pd.DataFrame, labels: dict[str, str], methods: list[str
         if frozen and not pd.isna(frozen) and float(frozen) > 0:
             text += f", {100 * float(frozen):.1f}% of weights frozen"
         if len(grid_points) > 1:
-            text += f", grid point {first['hp']} chosen on ID val of {len(grid_points)}"
+            text += f", grid point {swept_part(first['hp'], grid_points)} chosen on ID val of {len(grid_points)}"
         lines.append(text)
     return lines
 

@@ -49,6 +49,12 @@ class ReportView:
     # Experiment order of datasets and models (params.yaml), which the tables follow.
     datasets: list[str] = field(default_factory=list)
     models: list[str] = field(default_factory=list)
+    # The recipe card, resolved (pipeline/stages/recipe.py: paper, config, rows); empty without report.recipe.
+    recipe: dict = field(default_factory=dict)
+    # Every tidy row (all grid points, not only the chosen ones) and the similarity stage's rows, for the
+    # layouts that show every grid point (pipeline.reporting.hyperparams).
+    results: pd.DataFrame = field(default_factory=pd.DataFrame)
+    similarity: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     # --- lookups -------------------------------------------------------------------------
     def pairs(self) -> list[tuple[str, str]]:
@@ -92,7 +98,7 @@ class ReportView:
         return Cell("number", value=math.nan if r is None else float(r["mean"]), digits=digits)
 
     def published(self, dataset: str, model: str, method: str, side: str, ours: Cell) -> Cell | None:
-        pub = self.reference.get((dataset, model, method, side))
+        pub = self.reference.get(RefKey(dataset, model, method, side))
         return published_cell(None if pub is None else pub.value, ours)
 
     def sources(self) -> list[str]:
@@ -140,7 +146,12 @@ class ReportView:
         return (math.nan, math.nan) if stat is None else interval(stat, self.cfg.get("bootstrap"))
 
     def compare(self, dataset: str, model: str, row: str, base: str, quantity: str) -> Comparison | None:
-        """Paired difference row - base: same seeds (a single-run side is used for each seed of the other)."""
+        """Paired difference row - base: same seeds (a single-run side is used for each seed of the other).
+
+        None when either row lacks the quantity, e.g. the OOD side of a dataset without OOD splits.
+        """
+        if self._hit(dataset, model, row, quantity) is None or self._hit(dataset, model, base, quantity) is None:
+            return None
         sa, sb = self.seeds(dataset, model, row), self.seeds(dataset, model, base)
         if len(sa) > 1 and len(sb) > 1:
             sa = sb = sorted(set(sa) & set(sb))

@@ -26,6 +26,14 @@ the same or a lower objective per C (``bench/linear_probe.py`` prints both):
 
 A class absent from train gets a large negative bias (its optimum is -inf), so
 the head never predicts it; the head keeps all ``num_classes`` rows.
+
+Two classes (``binary_C``): scikit-learn fits one vector ``u`` with ``1/2 ||u||^2 + C sum_i
+log(1 + exp(-y_i u.x_i))``, which transfer_learning turns into the rows ``[-u/2, u/2]``
+(AnanyaKumar/transfer_learning@13c3e2b:unlabeled_extrapolation/baseline_train.py:229-240). The two-row
+softmax's cross-entropy depends on ``u = w_2 - w_1`` only and its penalty is least at ``w_1 = -w_2``, where
+``1/2 ||W||^2 = 1/4 ||u||^2``: its objective at C is scikit-learn's at 2C, halved. ``binary_C="sklearn"``
+therefore fits the two-row softmax at C/2, so C (reported in the sweep and the head's metadata) means what
+it means in scikit-learn and transfer_learning; ``"multinomial"`` fits at C itself (2C on scikit-learn's scale).
 """
 from __future__ import annotations
 
@@ -170,14 +178,23 @@ def _warm_start(path: list[tuple[float, torch.Tensor]], C: float) -> torch.Tenso
     return t1 + (t1 - t0) * (math.log(C / c1) / math.log(c1 / c0))
 
 
+def binary_factor(num_classes: int, binary_C: str) -> float:
+    """C of the two-row softmax fit per C reported: 1/2 for two classes on scikit-learn's scale, else 1."""
+    if binary_C not in ("sklearn", "multinomial"):
+        raise ValueError(f"binary_C must be sklearn or multinomial, got {binary_C!r}")
+    return 0.5 if num_classes == 2 and binary_C == "sklearn" else 1.0
+
+
 def sweep(x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor,
           num_classes: int, Cs, max_iter: int = 100, tol: float = 1e-4,
-          dtype: torch.dtype = torch.float32) -> SweepResult:
+          dtype: torch.dtype = torch.float32, binary_C: str = "sklearn") -> SweepResult:
     """Fit every C of ``Cs`` (sorted increasing, distinct), warm-started; select on val accuracy.
 
     Raw features in, un-normalised head out. Ties in val accuracy go to the
-    smaller C (stronger regularisation). Test data never enters.
+    smaller C (stronger regularisation). Test data never enters. Two classes: C on
+    ``binary_C``'s scale (module docstring); rows report that C and that scale's objective.
     """
+    factor = binary_factor(num_classes, binary_C)
     Cs = np.unique(np.asarray(Cs, dtype=np.float64))  # sorted, no zero-length log step
     mu, sigma = scalar_stats(x_train)
     xt, xv = normalise(x_train, mu, sigma, dtype), normalise(x_val, mu, sigma, dtype)
@@ -190,11 +207,12 @@ def sweep(x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor, y_v
     best, best_theta = 0, None
     for C in map(float, Cs):
         t0 = time.perf_counter()
-        theta, iters = problem.fit(C, max_iter, tol, init=_warm_start(path, C))
-        path = [*path[-1:], (C, theta)]
+        fit_C = C * factor
+        theta, iters = problem.fit(fit_C, max_iter, tol, init=_warm_start(path, fit_C))
+        path = [*path[-1:], (fit_C, theta)]
         zt, zv = logits(theta, xt), logits(theta, xv)
         rows.append(SweepRow(C, _accuracy(zt, yt), _accuracy(zv, yv), iters, time.perf_counter() - t0,
-                             _objective(zt, theta[:, :-1], yt, C)))
+                             _objective(zt, theta[:, :-1], yt, fit_C) / factor))
         if best_theta is None or rows[-1].val_acc > rows[best].val_acc:  # strict: smallest C wins ties
             best, best_theta = len(rows) - 1, theta
     assert best_theta is not None, "empty C grid"

@@ -21,9 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from pipeline.models.inference import channels_last_by_default, resolve_precision
-
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+from pipeline.models.inference import PRECISIONS, channels_last_by_default, resolve_precision
 
 
 @dataclass(frozen=True)

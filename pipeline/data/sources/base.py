@@ -3,7 +3,7 @@
 A source reads a dataset already on disk (placed by hand or by the ``download`` stage; it never downloads)
 and lists every image once, as a :class:`Manifest`: one row per image with its
 split, label, domain, group and where it lives. :mod:`pipeline.data.decode` turns
-that list into the prepared uint8 shards, so a source never decodes images itself.
+that list into the prepared image shards, so a source never decodes images itself.
 
 Split names are the same for every dataset, so one ``params.yaml`` can mix them:
 ``train``, ``id_val``, ``id_test``, ``ood_val`` (optional: used only by the
@@ -90,12 +90,15 @@ class Manifest:
         return [s for s in SPLITS if s in present]
 
 
-def holdout(records: pd.DataFrame, fraction: float, seed: int, into: str, by: str = "label") -> pd.DataFrame:
+def holdout(records: pd.DataFrame, fraction: float, seed: int, into: str, by: str = "label",
+            keep: bool = False) -> pd.DataFrame:
     """Move a seeded, per-``by`` stratified ``fraction`` of ``records`` to split ``into``.
 
     Used where a dataset has no validation split of its own (DomainNet, CIFAR-10,
     ImageNet): the held-out images come out of the train split, so val and train
     never share an image, and the choice depends only on the seed and the file list.
+    ``keep``: the images stay in their split too and ``into`` gets copies (appended, in the same
+    order): the same ``into`` split, but not held out (train on everything, as WiSE-FT does).
     """
     out = records.copy()
     rng = np.random.default_rng(seed)
@@ -104,6 +107,8 @@ def holdout(records: pd.DataFrame, fraction: float, seed: int, into: str, by: st
         idx = np.sort(np.asarray(idx))
         k = int(round(fraction * len(idx)))
         pick += list(rng.choice(idx, size=min(k, len(idx)), replace=False))
+    if keep:
+        return pd.concat([out, out.loc[sorted(pick)].assign(split=into)], ignore_index=True)
     out.loc[pick, "split"] = into
     return out
 

@@ -26,10 +26,17 @@ is the official 200-class list) goes to ``info["class_subsets"]``, so evaluation
 argmax over those 200 logits, as their papers do. Every variant wnid must be an ImageNet
 class (a train folder), or preparation stops naming it.
 
+``id_val_held_out: false`` trains on all of ImageNet train, as WiSE-FT does
+(``mlfoundations/wise-ft@58b7a4b:src/datasets/imagenet.py:24-37``): ``train`` keeps every image and
+``id_val`` is the same seeded sample, copied, so it only monitors training (``info.json``:
+``"id_val_held_out": false``). Nothing may then be chosen on it: ``python -m pipeline validate``
+refuses grids, best-epoch checkpoints, WiSE-FT's alpha on ID val, soups and a swept linear probe
+on such a dataset (pipeline/config/load.py).
+
 Defaults and why: ``ood``: all four variants (the WiSE-FT / Model Soups / LP-FT ImageNet suite,
 without ObjectNet); ``id_val_fraction: 0.02``: the held-out "ImageNet2p" of Model Soups
 (Wortsman et al. 2022), about 25,600 images, plenty for model selection while train keeps 98%;
-``seed: 0``.
+``id_val_held_out: true``; ``seed: 0``.
 """
 from __future__ import annotations
 
@@ -52,7 +59,7 @@ from pipeline.data.sources.base import (
 VARIANTS = {"imagenet_v2": "imagenetv2-matched-frequency-format-val", "imagenet_r": "imagenet-r",
             "imagenet_sketch": "imagenet-sketch/sketch", "imagenet_a": "imagenet-a"}
 SUBSET_VARIANTS = ("imagenet_r", "imagenet_a")   # 200-class sets, scored over their own classes
-DEFAULTS = {"ood": list(VARIANTS), "id_val_fraction": 0.02, "seed": 0}
+DEFAULTS = {"ood": list(VARIANTS), "id_val_fraction": 0.02, "id_val_held_out": True, "seed": 0}
 ID_DOMAIN = "imagenet"
 IMAGENET_LAYOUT = """
 <root>/imagenet/
@@ -93,13 +100,16 @@ def manifest(name: str, cfg: dict) -> Manifest:
     variants = {v: _variant_folders(name, root, v, index) for v in ood}
 
     id_rows = folder_rows(((train[w], index[w], ID_DOMAIN, ID_DOMAIN) for w in wnids), "train")
-    frames = [holdout(id_rows, float(cfg["id_val_fraction"]), int(cfg["seed"]), into="id_val"),
+    held_out = bool(cfg["id_val_held_out"])
+    frames = [holdout(id_rows, float(cfg["id_val_fraction"]), int(cfg["seed"]), into="id_val", keep=not held_out),
               folder_rows(((val[w], index[w], ID_DOMAIN, ID_DOMAIN) for w in wnids), "id_test")]
     frames += [folder_rows(((folder, label, v, v) for label, folder in variants[v].items()), "ood_test")
                for v in ood]
     subsets = {v: sorted(variants[v]) for v in ood if v in SUBSET_VARIANTS}
-    return Manifest(records=pd.concat(frames, ignore_index=True), classes=class_names(root, wnids),
-                    info={"class_subsets": subsets} if subsets else {})
+    info = {"class_subsets": subsets} if subsets else {}
+    if not held_out:
+        info["id_val_held_out"] = False
+    return Manifest(records=pd.concat(frames, ignore_index=True), classes=class_names(root, wnids), info=info)
 
 
 def imagenet_folders(name: str, root: Path, layout: str, origin: str) -> tuple[dict[str, Path], dict[str, Path]]:

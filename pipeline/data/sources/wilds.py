@@ -22,8 +22,8 @@ Split mapping (WILDS -> ours), domain and group per dataset:
   domain = ``iwildcam`` (hundreds of camera locations are too many to report
   one by one), group = ``location_<k>``; classes are WILDS' label ids.
 
-Optional keys: ``root`` (default ``data/raw``, holding ``<name>_v<version>/``) and
-``image_size``. Preparation never downloads: the ``download`` stage
+Optional keys: ``root`` (default ``data/raw``, holding ``<name>_v<version>/``) and how images are
+stored (``storage_size``, ``encoding``, ``jpeg_quality``). Preparation never downloads: the ``download`` stage
 (:mod:`pipeline.download`) puts the archive in place first.
 """
 from __future__ import annotations

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from pipeline.reporting import names
 from pipeline.reporting.aggregate import headline
 from pipeline.reporting.cells import Grid
 from pipeline.reporting.tables import Column, common_context, grid, published_label
@@ -20,7 +21,7 @@ KINDS = ("zeroshot", "lp", "ft")
 def _title(view: ReportView, dataset: str, model: str) -> str:
     # A dataset run with one backbone is named alone (the caption lists the backbones).
     models = [m for d, m in view.pairs() if d == dataset]
-    return dataset if len(models) == 1 else f"{dataset} / {model}"
+    return names.dataset(dataset) if len(models) == 1 else names.pair(dataset, model)
 
 
 def _ood_columns(view: ReportView, dataset: str, model: str) -> list[tuple[str, str, str]]:
@@ -30,7 +31,7 @@ def _ood_columns(view: ReportView, dataset: str, model: str) -> list[tuple[str, 
     quantities = set(s.loc[(s["dataset"] == dataset) & (s["model"] == model), "quantity"])
     domains = sorted(x.split("/", 1)[1] for x in quantities if x.startswith("ood_acc/"))
     if q == "ood_acc" and len(domains) > 1:
-        return [(d, f"ood_acc/{d}", f"{dataset}/{d}") for d in domains]
+        return [(names.domain(d), f"ood_acc/{d}", f"{dataset}/{d}") for d in domains]
     return [("OOD", q, dataset)]
 
 

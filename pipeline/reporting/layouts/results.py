@@ -11,6 +11,7 @@ from functools import partial
 
 import pandas as pd
 
+from pipeline.reporting import names
 from pipeline.reporting.aggregate import KINDS, headline
 from pipeline.reporting.cells import Cell
 from pipeline.reporting.tables import GROUP_HEADINGS, Column, common_context, grid, published_label
@@ -37,18 +38,19 @@ def columns(view: ReportView, dataset: str, model: str) -> list[Column]:
     for side, title in ACC_SIDES.items():
         q = headline(view.cfg, dataset, side)
         domains = sorted(x.split("/", 1)[1] for x in quantities if x.startswith("ood_acc/"))
-        name = "mean" if q == "ood_acc" and domains else q.split("_", 1)[1]
+        metric = q.split("_", 1)[1]
+        name = "mean" if q == "ood_acc" and domains else names.METRICS.get(metric, metric)
         cols.append(Column(title, name, lambda row, q=q: cell(row, q, mark=True),
                            lambda row, method, q=q, side=side: view.published(dataset, model, method, side,
                                                                                cell(row, q))))
         if side == "ood" and q == "ood_acc" and len(domains) > 1:
-            cols += [Column(title, d, lambda row, d=d: cell(row, f"ood_acc/{d}")) for d in domains]
+            cols += [Column(title, names.domain(d), lambda row, d=d: cell(row, f"ood_acc/{d}")) for d in domains]
     shown = {headline(view.cfg, dataset, side) for side in ACC_SIDES}
     for m in _official_metrics(quantities):
         for side, title in ACC_SIDES.items():
             q = f"{side}_{m}"
             if q in quantities and q not in shown:
-                cols.append(Column(f"{title} {m}", "", lambda row, q=q: cell(row, q)))
+                cols.append(Column(f"{title} {names.METRICS.get(m, m)}", "", lambda row, q=q: cell(row, q)))
     cols += [Column("ECE", title, lambda row, q=f"{side}_ece": number(row, q))
              for side, title in ACC_SIDES.items() if f"{side}_ece" in quantities]
     if "er" in quantities:
@@ -64,6 +66,6 @@ def context(view: ReportView) -> dict:
         first = [g for k, g in zip(SHOWN, groups) if k in ("zeroshot", "lp", "ft")]
         rest = [g for k, g in zip(SHOWN, groups) if k not in ("zeroshot", "lp", "ft")]
         merged = [(None, pd.concat([g[1] for g in first], ignore_index=True)), *rest]
-        grids.append(grid(f"{dataset} / {model}", "Method", columns(view, dataset, model), merged,
+        grids.append(grid(names.pair(dataset, model), "Method", columns(view, dataset, model), merged,
                           source=published_label(view)))
     return {**common_context(view), "grids": grids}

@@ -2,8 +2,10 @@
 
 Per dataset/model (ImageNet and its shifts in the paper): the zero-shot model, then for each
 fine-tuned method its end-to-end fine-tuned model, WiSE-FT at the fixed alpha
-(``report.wise_ft_alpha``, 0.5) and WiSE-FT at the alpha chosen on ID val. Columns: ID, each
-distribution shift (OOD domain) and their average.
+(``report.wise_ft_alpha``, 0.5), WiSE-FT at the alpha chosen on ID val (``wise_ft.select: id_val``)
+and, with ``report.wise_ft_optimal``, the paper's "optimal alpha" row: the best alpha of each column,
+an oracle on the test sets, labelled as one. Columns: ID, each distribution shift (OOD domain) and
+their average.
 """
 from __future__ import annotations
 
@@ -13,12 +15,14 @@ from pipeline.reporting.aggregate import headline
 from pipeline.reporting.tables import Column, common_context, grid, published_label
 from pipeline.reporting.view import ReportView
 
+MIXED = ("wise_ft_fixed", "wise_ft", "wise_ft_optimal")   # the WiSE-FT rows
+
 
 def _rows(view: ReportView, dataset: str, model: str) -> pd.DataFrame:
-    """Zero-shot first, then per WiSE-FT'd method: fine-tuned, fixed alpha, alpha on ID val."""
-    rows = view.table_rows(dataset, model, ("zeroshot", "ft", "wise_ft_fixed", "wise_ft"))
-    mixed = set(rows.loc[rows["kind"].isin(("wise_ft_fixed", "wise_ft")), "method"])
-    order = {"zeroshot": 0, "ft": 1, "wise_ft_fixed": 2, "wise_ft": 3}
+    """Zero-shot first, then per WiSE-FT'd method: fine-tuned, fixed alpha, alpha on ID val, optimal alpha."""
+    rows = view.table_rows(dataset, model, ("zeroshot", "ft", *MIXED))
+    mixed = set(rows.loc[rows["kind"].isin(MIXED), "method"])
+    order = {"zeroshot": 0, "ft": 1, "wise_ft_fixed": 2, "wise_ft": 3, "wise_ft_optimal": 4}
     keep = rows[(rows["kind"] == "zeroshot") | rows["method"].isin(mixed)]
     keep = keep.assign(_z=keep["kind"] != "zeroshot", _m=keep["method"], _k=keep["kind"].map(order))
     return keep.sort_values(["_z", "_m", "_k"], kind="stable")[["kind", "method", "row", "label"]]
@@ -45,7 +49,7 @@ def context(view: ReportView) -> dict:
     grids = []
     for dataset, model in view.pairs():
         rows = _rows(view, dataset, model)
-        if rows["kind"].isin(("wise_ft", "wise_ft_fixed")).any():
+        if rows["kind"].isin(MIXED).any():
             grids.append(grid(f"{dataset} / {model}", "Model", _columns(view, dataset, model), [(None, rows)],
                               source=published_label(view)))
     return {**common_context(view), "grids": grids,
