@@ -60,7 +60,8 @@ def dvc_dag(dot: str, skip: frozenset[str] = frozenset()) -> tuple[set[str], set
 def snakemake_pending(out: str) -> set[str]:
     """Registry job ids of the jobs a ``snakemake -n`` run lists (its ``rule``/``localrule`` blocks)."""
     jobs = set()
-    for block in re.split(r"\n\s*\n", out):
+    # Snakemake 9 prints the blocks back to back (a timestamp line between them, no blank line)
+    for block in re.split(r"^(?=(?:local)?rule \w+:)", out, flags=re.M):
         head = re.search(r"^(?:local)?rule (\w+):", block, re.M)
         if not head or head.group(1) == "all":
             continue

@@ -1,7 +1,7 @@
 """The whole DAG on a tiny config, through the real Snakemake and DVC.
 
 Checks, in order on one project: a full run ends in paper/main.pdf; afterwards neither runner
-has anything to do; changing one method's learning rate re-runs exactly that method's jobs and
+has anything to do; changing one method's setting re-runs exactly that method's jobs and
 their downstream, in Snakemake and in `dvc repro` alike, and so does editing a stage's code;
 forcing every job to run again rewrites byte-identical outputs, so DVC sees nothing to do;
 editing a model's ``model_kwargs`` re-runs the backbone and everything downstream in both
@@ -62,6 +62,8 @@ def dvc_ran(out: str) -> Counter:
 def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("project")
     cfg = tiny_params(model="tf_efficientnet_lite0", weights="packaged:efficientnet_lite0")
+    # a per-method value that run names do not spell: the targeted-rerun test changes it
+    cfg["methods"]["ft_adamw"]["grad_clip"] = 1.0
     copy_project(root, cfg)
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1",
            "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@localhost", "GIT_COMMITTER_NAME": "t",
@@ -171,7 +173,11 @@ def test_snakemake_report_and_dvc_plots(project, tmp_path):
         page = tmp_path / f"open_{Path(path).stem}.html"
         page.write_text(showing(html, path))
         image = screenshot(page, tmp_path / f"{Path(path).stem}.png")
-        assert ink(image, (450, 0, 1400, 1000)) > 0.01 and colours(image) > 30, path
+        if Path(path).stem.startswith("li2020_"):
+            # this experiment has no momentum-SGD grid and no similarity stage: the figure is its one-line notice
+            assert 0.0005 < ink(image, (450, 0, 1400, 1000)) < 0.01, path
+        else:
+            assert ink(image, (450, 0, 1400, 1000)) > 0.01 and colours(image) > 30, path
     blank = screenshot(report, tmp_path / "report.png")   # nothing opened: the content pane shows no figure
     assert colours(blank[:, 450:]) < colours(image[:, 450:])
     # the embedded tables are the report stage's HTML files
