@@ -172,6 +172,18 @@ def test_byobnet_stem_layers_and_attention_pool_head():
     assert report.frozen_params == 3 * 3 * 3 * 32 + 2 * 32   # 3x3 conv 3->32 (no bias) + BatchNorm(32)
 
 
+def test_densenet_blocks_own_their_transitions():
+    """DenseNet-121 (the Li et al. 2020 config): stem, four dense blocks each with the transition after it, norm5."""
+    model = timm.create_model("densenet121", pretrained=False, num_classes=3)
+    groups = layer_groups(model)
+    assert [g for g, _ in groups] == ["stem", "denseblock1", "denseblock2", "denseblock3", "denseblock4", "norm",
+                                      "classifier"]
+    assert all(n.startswith(("features.denseblock1.", "features.transition1.")) for n in groups[1][1])
+    assert any(n.startswith("features.transition1.") for n in groups[1][1])
+    report = freeze_bottom(model, 1)
+    assert report.frozen_params == 7 * 7 * 3 * 64 + 2 * 64   # 7x7 conv 3->64 (no bias) + BatchNorm(64)
+
+
 def test_unsupported_class():
     for model in (nn.Sequential(nn.Linear(2, 2)), timm.create_model("mobilenetv3_small_050", pretrained=False)):
         with pytest.raises(ValueError, match=type(model).__name__) as e:

@@ -168,6 +168,7 @@ def test_snakemake_report_and_dvc_plots(project, tmp_path):
     figures = [path for path in results if path.startswith("paper/figures/")]
     assert sorted(Path(f).name for f in figures) == ["effective_robustness.png", "grad_norms.png", "id_vs_ood.png",
                                                      "layers.png", "li2020_elr.png", "li2020_similarity.png"]
+    drawn = []
     for path in figures:
         assert results[path]["mime_type"] == "image/png", path
         page = tmp_path / f"open_{Path(path).stem}.html"
@@ -178,8 +179,9 @@ def test_snakemake_report_and_dvc_plots(project, tmp_path):
             assert 0.0005 < ink(image, (450, 0, 1400, 1000)) < 0.01, path
         else:
             assert ink(image, (450, 0, 1400, 1000)) > 0.01 and colours(image) > 30, path
+            drawn.append(colours(image[:, 450:]))
     blank = screenshot(report, tmp_path / "report.png")   # nothing opened: the content pane shows no figure
-    assert colours(blank[:, 450:]) < colours(image[:, 450:])
+    assert colours(blank[:, 450:]) < max(drawn)
     # the embedded tables are the report stage's HTML files
     table = (root / "results/report/tables/results.html").read_bytes()
     assert base64.b64encode(table)[:2000].decode() in html

@@ -10,7 +10,8 @@ the timm families we use, chosen so that ``k=2`` matches the reference code
   kept so that k=2 means the same layers for every ViT). pos_embed/cls_token
   stay trainable.
 * ConvNeXt: stem + stages[0]; ResNet / ResNetV2 (BiT): stem + first stage;
-  EfficientNet: stem + blocks[0].
+  EfficientNet (timm's MobileNetV1 too): stem + blocks[0]; DenseNet: stem + the first dense block with
+  its transition.
 * OpenCLIP image towers (:class:`pipeline.models.openclip.OpenCLIPClassifier`): ViT = ``conv1``
   + ``ln_pre``, CLIP's own embedding in the paper's code; ModifiedResNet (CLIP RN50...) =
   ``conv1`` + ``bn1``, the reference code's first two layers of that model.
@@ -69,6 +70,15 @@ def _resnetv2_spec(model: nn.Module) -> Spec:
     spec: Spec = [("stem", ["stem"])]
     spec += [(f"stages.{i}", [f"stages.{i}"]) for i in range(_n_children(model, "stages"))]
     return spec + [("norm", ["norm"]), ("head", ["head"])]
+
+
+def _densenet_spec(model: nn.Module) -> Spec:
+    # features.conv0/norm0 (a Sequential for deep stems) is the stem; each dense block owns the transition
+    # after it (a stage, as ResNet's layer<i>); norm5 closes the last block.
+    spec: Spec = [("stem", ["features.conv0", "features.norm0"])]
+    blocks = [n for n, _ in model.features.named_children() if n.startswith("denseblock")]
+    spec += [(name, [f"features.{name}", f"features.transition{name[len('denseblock'):]}"]) for name in blocks]
+    return spec + [("norm", ["features.norm5"]), ("classifier", ["classifier"])]
 
 
 def _efficientnet_spec(model: nn.Module) -> Spec:
@@ -135,6 +145,7 @@ _FAMILIES = {
     "EfficientNet": _efficientnet_spec,
     "OpenCLIPClassifier": _openclip_spec,
     "ByobNet": _byobnet_spec,
+    "DenseNet": _densenet_spec,
 }
 
 
